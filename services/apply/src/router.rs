@@ -1,0 +1,231 @@
+//! Cluster slot routing for a cluster destination: key slots, the slot map, checkpoint
+//! hash tags per master, and the split of multi-key commands whose keys span slots.
+
+use redis::Value;
+
+/// Number of hash slots in a Redis Cluster.
+pub const SLOTS: usize = 16384;
+
+/// CRC16-XMODEM (polynomial 0x1021, initial 0), the hash Redis Cluster uses for slots.
+pub fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc
+}
+
+/// The slot of `key`, honouring a non-empty `{hash tag}` as Redis does (first `{`, then
+/// the first `}` after it).
+pub fn key_slot(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter().position(|&b| b == b'}').map(|close| &rest[..close])
+        })
+        .filter(|tag| !tag.is_empty())
+        .unwrap_or(key);
+    crc16(hashed) % SLOTS as u16
+}
+
+/// Why the slot map could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TopologyError {
+    /// CLUSTER SLOTS answered something unexpected.
+    #[error("CLUSTER SLOTS reply not understood: {0}")]
+    BadReply(String),
+    /// Some slots have no master (the cluster is not fully covered right now).
+    #[error("slot {0} has no master in CLUSTER SLOTS")]
+    Uncovered(usize),
+}
+
+/// One master of a cluster destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Master {
+    /// "host:port" to connect to.
+    pub address: String,
+    /// Hash tag whose slot this master owns: the checkpoint key carries it.
+    pub tag: String,
+}
+
+/// The slot map of a cluster destination.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Masters, in order of their lowest slot.
+    pub masters: Vec<Master>,
+    /// Index into `masters` of the owner of each slot.
+    owner: Vec<u16>,
+}
+
+impl Topology {
+    /// Builds the map from a `CLUSTER SLOTS` reply. `seed_host` stands in for masters
+    /// announced without an address (an empty host means "the node you asked").
+    pub fn from_cluster_slots(reply: &Value, seed_host: &str) -> Result<Self, TopologyError> {
+        let Value::Array(ranges) = reply else {
+            return Err(TopologyError::BadReply(format!("{reply:?}")));
+        };
+        let mut owner = vec![u16::MAX; SLOTS];
+        let mut addresses: Vec<(usize, String)> = Vec::new();
+        for range in ranges {
+            let Value::Array(items) = range else {
+                return Err(TopologyError::BadReply(format!("range {range:?}")));
+            };
+            let (Some(start), Some(end), Some(Value::Array(node))) = (
+                items.first().and_then(int),
+                items.get(1).and_then(int),
+                items.get(2),
+            ) else {
+                return Err(TopologyError::BadReply(format!("range {range:?}")));
+            };
+            let (Some(host), Some(port)) = (node.first().and_then(text), node.get(1).and_then(int)) else {
+                return Err(TopologyError::BadReply(format!("node {node:?}")));
+            };
+            let host = if host.is_empty() || host == "?" { seed_host.to_owned() } else { host };
+            let address = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+            let (start, end) = (usize::try_from(start).unwrap_or(SLOTS), usize::try_from(end).unwrap_or(SLOTS));
+            if start > end || end >= SLOTS {
+                return Err(TopologyError::BadReply(format!("slot range {start}-{end}")));
+            }
+            let index = match addresses.iter().position(|(_, a)| *a == address) {
+                Some(i) => i,
+                None => {
+                    addresses.push((start, address));
+                    addresses.len() - 1
+                }
+            };
+            if let Some(entry) = addresses.get_mut(index) {
+                entry.0 = entry.0.min(start);
+            }
+            for slot in &mut owner[start..=end] {
+                *slot = u16::try_from(index).unwrap_or(u16::MAX);
+            }
+        }
+        if let Some(slot) = owner.iter().position(|o| *o == u16::MAX) {
+            return Err(TopologyError::Uncovered(slot));
+        }
+        // Order masters by their lowest slot so the same cluster always gives the same
+        // order, then renumber the owner table.
+        let mut order: Vec<usize> = (0..addresses.len()).collect();
+        order.sort_by_key(|i| addresses[*i].0);
+        let mut renumber = vec![0u16; addresses.len()];
+        for (new, old) in order.iter().enumerate() {
+            renumber[*old] = u16::try_from(new).unwrap_or(u16::MAX);
+        }
+        for o in &mut owner {
+            *o = renumber[usize::from(*o)];
+        }
+        let mut masters: Vec<Master> = order
+            .iter()
+            .map(|i| Master { address: addresses[*i].1.clone(), tag: String::new() })
+            .collect();
+        for (index, master) in masters.iter_mut().enumerate() {
+            master.tag = tag_owned_by(&owner, index);
+        }
+        Ok(Self { masters, owner })
+    }
+
+    /// Index of the master that owns `slot`.
+    pub fn owner(&self, slot: u16) -> usize {
+        self.owner.get(usize::from(slot)).map_or(0, |o| usize::from(*o))
+    }
+
+    /// Index of the master that owns `key`.
+    pub fn owner_of_key(&self, key: &[u8]) -> usize {
+        self.owner(key_slot(key))
+    }
+}
+
+/// The first of "0", "1", "2", ... whose slot master `index` owns: deterministic for a
+/// given slot map, so a restart finds the same checkpoint key.
+fn tag_owned_by(owner: &[u16], index: usize) -> String {
+    // A master owning one slot out of 16384 is reached within a few hundred thousand
+    // candidates; the bound only stops a loop on an impossible map.
+    for n in 0u32..4_000_000 {
+        let tag = n.to_string();
+        if owner.get(usize::from(key_slot(tag.as_bytes()))).is_some_and(|o| usize::from(*o) == index) {
+            return tag;
+        }
+    }
+    format!("master-{index}")
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+/// Groups `key_positions` (argument indexes) by slot, keeping first-seen order.
+pub fn group_by_slot(args: &[Vec<u8>], key_positions: &[usize]) -> Vec<(u16, Vec<usize>)> {
+    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    for &i in key_positions {
+        let Some(key) = args.get(i) else { continue };
+        let slot = key_slot(key);
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from the Redis Cluster specification and CLUSTER KEYSLOT.
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"foo{}{bar}"), crc16(b"foo{}{bar}") % 16384);
+        assert_eq!(key_slot(b"foo{{bar}}zap"), crc16(b"{bar") % 16384);
+        assert_eq!(key_slot(b"foo{bar}{zap}"), crc16(b"bar") % 16384);
+    }
+
+    #[test]
+    fn topology_from_cluster_slots() {
+        let node = |port: i64| Value::Array(vec![Value::BulkString(b"127.0.0.1".to_vec()), Value::Int(port)]);
+        let reply = Value::Array(vec![
+            Value::Array(vec![Value::Int(5461), Value::Int(10922), node(7001)]),
+            Value::Array(vec![Value::Int(0), Value::Int(5460), node(7000)]),
+            Value::Array(vec![Value::Int(10923), Value::Int(16383), node(7002)]),
+        ]);
+        let t = Topology::from_cluster_slots(&reply, "127.0.0.1").unwrap();
+        assert_eq!(t.masters[0].address, "127.0.0.1:7000");
+        assert_eq!(t.owner(0), 0);
+        assert_eq!(t.owner(6000), 1);
+        assert_eq!(t.owner(16383), 2);
+        for (i, m) in t.masters.iter().enumerate() {
+            assert_eq!(t.owner_of_key(m.tag.as_bytes()), i);
+        }
+        let partial = Value::Array(vec![Value::Array(vec![Value::Int(0), Value::Int(10), node(7000)])]);
+        assert!(matches!(Topology::from_cluster_slots(&partial, "h"), Err(TopologyError::Uncovered(11))));
+    }
+
+    #[test]
+    fn groups_keys_by_slot() {
+        let args: Vec<Vec<u8>> = vec![b"{a}1".to_vec(), b"v".to_vec(), b"{b}1".to_vec(), b"v".to_vec(), b"{a}2".to_vec()];
+        let g = group_by_slot(&args, &[0, 2, 4]);
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].1, vec![0, 4]);
+        assert_eq!(g[1].1, vec![2]);
+    }
+}

@@ -1,0 +1,389 @@
+//! The shard reader: follows one shard's spool from a start position, decodes it and sends
+//! batches to the subscriber.
+//!
+//! The reader is the only part that waits for the subscriber: the gRPC stream is a small
+//! bounded channel, so a slow subscriber stops its reader while the link keeps draining
+//! the source into the spool.
+
+use std::{sync::Arc, time::Duration};
+
+use redis_sync_proto::v1::{ChangeEvent, Position, SubscribeResponse};
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+
+use crate::{
+    decode::{
+        scripts::ScriptCache,
+        snapshot::{SnapshotDecoder, SnapshotError},
+        stream::{HeartbeatMatcher, StreamDecoder, StreamError},
+    },
+    link::{FailureKind, LinkState},
+    metrics::ShardMetrics,
+    spool::{SegmentKind, SegmentMeta, SegmentState, Spool, SpoolError},
+};
+
+/// Largest read from a segment file at once.
+const READ_CHUNK: usize = 256 * 1024;
+/// A batch is sent at the latest after this long, even if not full, so a busy snapshot
+/// still shows progress.
+const BATCH_MAX_DELAY: Duration = Duration::from_millis(200);
+
+/// Where a reader starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartAt {
+    /// Segment to start in; `None` waits for the first segment the link writes (after a
+    /// spool reset).
+    pub segment: Option<u64>,
+    /// Stream segment: payload byte to start at.
+    pub byte: u64,
+    /// Snapshot segment: records already delivered.
+    pub skip_records: u64,
+    /// Database selected at the start (stream positions carry it).
+    pub db: u32,
+    /// Snapshot segment: send SnapshotBegin (false when resuming inside it).
+    pub emit_begin: bool,
+}
+
+/// What a reader needs besides the spool.
+#[derive(Debug, Clone)]
+pub struct ReaderConfig {
+    /// The shard's id, put in every batch.
+    pub shard_id: String,
+    /// Most events per batch.
+    pub max_batch_events: usize,
+    /// Chunk threshold for snapshot keys.
+    pub chunk_threshold_bytes: u64,
+    /// Recognises this subscriber's heartbeats.
+    pub heartbeat: Option<HeartbeatMatcher>,
+}
+
+/// Sink of a subscription's gRPC stream.
+pub type EventSender = mpsc::Sender<Result<SubscribeResponse, Status>>;
+
+#[derive(Debug, thiserror::Error)]
+enum ReaderError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("spooled data at segment {0} was deleted before it was read")]
+    Gone(u64),
+    #[error("{0}")]
+    Link(String, FailureKind),
+    #[error("the replica link stopped")]
+    LinkStopped,
+    #[error("the subscriber went away")]
+    Closed,
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl ReaderError {
+    fn status(&self) -> Option<Status> {
+        Some(match self {
+            ReaderError::Closed | ReaderError::Cancelled => return None,
+            ReaderError::LinkStopped => Status::unavailable(self.to_string()),
+            ReaderError::Spool(SpoolError::Full { .. }) => Status::resource_exhausted(self.to_string()),
+            ReaderError::Spool(_) => Status::internal(self.to_string()),
+            ReaderError::Snapshot(_) | ReaderError::Stream(_) | ReaderError::Gone(_) => Status::data_loss(self.to_string()),
+            ReaderError::Link(msg, kind) => match kind {
+                FailureKind::SpoolFull => Status::resource_exhausted(msg.clone()),
+                FailureKind::Authentication => Status::permission_denied(msg.clone()),
+                FailureKind::Disk => Status::internal(msg.clone()),
+                FailureKind::Protocol => Status::failed_precondition(msg.clone()),
+            },
+        })
+    }
+}
+
+enum Decoding {
+    Snapshot(SnapshotDecoder),
+    Stream(StreamDecoder),
+}
+
+struct Reader {
+    spool: Arc<Spool>,
+    cfg: ReaderConfig,
+    tx: EventSender,
+    link: watch::Receiver<LinkState>,
+    cancel: watch::Receiver<bool>,
+    metrics: ShardMetrics,
+    scripts: ScriptCache,
+    batch: Vec<ChangeEvent>,
+    last_sent: Option<Position>,
+    buf: Vec<u8>,
+}
+
+/// Runs a reader until the subscriber goes away, the subscription is cancelled, or an
+/// error ends it (sent to the subscriber as the stream's final status).
+pub async fn run(
+    spool: Arc<Spool>,
+    start: StartAt,
+    cfg: ReaderConfig,
+    tx: EventSender,
+    link: watch::Receiver<LinkState>,
+    cancel: watch::Receiver<bool>,
+    metrics: ShardMetrics,
+) {
+    let mut reader = Reader {
+        spool,
+        cfg,
+        tx: tx.clone(),
+        link,
+        cancel,
+        metrics,
+        scripts: ScriptCache::default(),
+        batch: Vec::new(),
+        last_sent: None,
+        buf: vec![0; READ_CHUNK],
+    };
+    let result = reader.follow(start).await;
+    match result {
+        Ok(()) => {}
+        Err(e) => {
+            if let Some(status) = e.status() {
+                tracing::warn!(error = %e, "subscription stream ends with an error");
+                let _ = tx.send(Err(status)).await;
+            } else {
+                tracing::debug!(reason = %e, "reader ends");
+            }
+        }
+    }
+}
+
+impl Reader {
+    async fn follow(&mut self, start: StartAt) -> Result<(), ReaderError> {
+        let mut segment = match start.segment {
+            Some(id) => self.spool.segment(id).ok_or(ReaderError::Gone(id))?,
+            None => self.wait_first_segment().await?,
+        };
+        let mut pos = start.byte;
+        let mut decoding = match &segment.kind {
+            SegmentKind::Snapshot(info) => Decoding::Snapshot(SnapshotDecoder::new(
+                segment.replid.clone(),
+                segment.offset,
+                info.clone(),
+                self.cfg.chunk_threshold_bytes,
+                start.skip_records,
+                start.emit_begin,
+            )),
+            SegmentKind::Stream => Decoding::Stream(self.stream_decoder(&segment, segment.offset + pos, start.db)),
+        };
+        let mut file = self.spool.open_segment(segment.id).await?;
+        let mut changes = self.spool.subscribe_changes();
+        let mut batch_started = tokio::time::Instant::now();
+        loop {
+            self.check_link()?;
+            changes.borrow_and_update();
+            let state = self.spool.segment_state(segment.id);
+            let (len, sealed) = match state {
+                SegmentState::Present { len, sealed } => (len, sealed),
+                SegmentState::Gone => match decoding {
+                    // An unfinished snapshot was abandoned; the link starts a new full
+                    // copy, whose SnapshotBegin supersedes what was sent of this one.
+                    Decoding::Snapshot(_) => {
+                        self.flush().await?;
+                        segment = self.wait_segment_after(segment.id).await?;
+                        (decoding, pos) = self.enter(&segment, None);
+                        file = self.spool.open_segment(segment.id).await?;
+                        continue;
+                    }
+                    Decoding::Stream(_) => return Err(ReaderError::Gone(segment.id)),
+                },
+            };
+            if pos < len {
+                let want = ((len - pos) as usize).min(self.buf.len());
+                let n = file.read_at(pos, &mut self.buf[..want]).await?;
+                if n == 0 {
+                    return Err(ReaderError::Gone(segment.id));
+                }
+                pos += n as u64;
+                let chunk = self.buf[..n].to_vec();
+                match &mut decoding {
+                    Decoding::Snapshot(d) => {
+                        d.feed(&chunk);
+                        while let Some(e) = d.next_event(&mut self.scripts)? {
+                            self.push(e).await?;
+                        }
+                    }
+                    Decoding::Stream(d) => {
+                        d.feed(&chunk);
+                        while let Some(e) = d.next_event(&mut self.scripts)? {
+                            self.push(e).await?;
+                        }
+                    }
+                }
+                if batch_started.elapsed() >= BATCH_MAX_DELAY {
+                    self.flush_with(&decoding).await?;
+                    batch_started = tokio::time::Instant::now();
+                }
+                continue;
+            }
+            if sealed {
+                match &mut decoding {
+                    Decoding::Snapshot(d) => {
+                        if !d.is_ended() {
+                            d.finish()?;
+                        }
+                        self.flush_with(&decoding).await?;
+                        segment = self.wait_segment_after(segment.id).await?;
+                        (decoding, pos) = self.enter(&segment, None);
+                    }
+                    Decoding::Stream(d) => {
+                        let next = self.wait_segment_after(segment.id).await?;
+                        if matches!(next.kind, SegmentKind::Stream) && next.offset == segment.end_offset() {
+                            // The byte stream goes on in the next segment, possibly in the
+                            // middle of a command; only the replid label may change.
+                            if next.replid != segment.replid {
+                                d.switch_replid(next.offset, next.replid.clone());
+                            }
+                            pos = 0;
+                        } else {
+                            self.flush_with(&decoding).await?;
+                            (decoding, pos) = self.enter(&next, Some(d));
+                        }
+                        segment = next;
+                    }
+                }
+                file = self.spool.open_segment(segment.id).await?;
+                continue;
+            }
+            // Everything available is decoded: hand it over, then wait for more.
+            self.flush_with(&decoding).await?;
+            batch_started = tokio::time::Instant::now();
+            self.wait(&mut changes).await?;
+        }
+    }
+
+    /// Starts decoding `segment` from its beginning.
+    fn enter(&self, segment: &SegmentMeta, previous: Option<&mut StreamDecoder>) -> (Decoding, u64) {
+        let decoding = match &segment.kind {
+            SegmentKind::Snapshot(info) => Decoding::Snapshot(SnapshotDecoder::new(
+                segment.replid.clone(),
+                segment.offset,
+                info.clone(),
+                self.cfg.chunk_threshold_bytes,
+                0,
+                true,
+            )),
+            SegmentKind::Stream => {
+                // A stream that does not continue the previous one only follows a snapshot
+                // (whose stream starts with db 0); otherwise keep the db.
+                let db = previous.map_or(0, |d| d.resume_position().db);
+                Decoding::Stream(self.stream_decoder(segment, segment.offset, db))
+            }
+        };
+        (decoding, 0)
+    }
+
+    fn stream_decoder(&self, segment: &SegmentMeta, offset: u64, db: u32) -> StreamDecoder {
+        StreamDecoder::new(segment.replid.clone(), offset, db, self.cfg.heartbeat.clone())
+    }
+
+    async fn wait_first_segment(&mut self) -> Result<SegmentMeta, ReaderError> {
+        let mut changes = self.spool.subscribe_changes();
+        loop {
+            changes.borrow_and_update();
+            if let Some(id) = self.spool.first_segment()
+                && let Some(seg) = self.spool.segment(id)
+            {
+                return Ok(seg);
+            }
+            self.check_link()?;
+            self.wait(&mut changes).await?;
+        }
+    }
+
+    async fn wait_segment_after(&mut self, id: u64) -> Result<SegmentMeta, ReaderError> {
+        let mut changes = self.spool.subscribe_changes();
+        loop {
+            changes.borrow_and_update();
+            if let Some(seg) = self.spool.segment_after(id) {
+                return Ok(seg);
+            }
+            self.check_link()?;
+            self.wait(&mut changes).await?;
+        }
+    }
+
+    fn check_link(&mut self) -> Result<(), ReaderError> {
+        if let LinkState::Failed(f) = &*self.link.borrow() {
+            return Err(ReaderError::Link(f.message.clone(), f.kind));
+        }
+        Ok(())
+    }
+
+    async fn wait(&mut self, changes: &mut watch::Receiver<u64>) -> Result<(), ReaderError> {
+        tokio::select! {
+            r = changes.changed() => r.map_err(|_| ReaderError::Cancelled),
+            r = self.link.changed() => match r {
+                Ok(()) => Ok(()),
+                // The link task ended; a failure is reported by `check_link`, anything else
+                // means nobody fills this spool any more.
+                Err(_) => {
+                    self.check_link()?;
+                    Err(ReaderError::LinkStopped)
+                }
+            },
+            r = self.cancel.changed() => match r {
+                Ok(()) if !*self.cancel.borrow() => Ok(()),
+                _ => Err(ReaderError::Cancelled),
+            },
+            () = self.tx.closed() => Err(ReaderError::Closed),
+        }
+    }
+
+    async fn push(&mut self, event: ChangeEvent) -> Result<(), ReaderError> {
+        self.batch.push(event);
+        if self.batch.len() >= self.cfg.max_batch_events {
+            let end = self.batch.last().and_then(|e| e.position.clone());
+            self.send(end).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_with(&mut self, decoding: &Decoding) -> Result<(), ReaderError> {
+        let end = match decoding {
+            Decoding::Snapshot(d) => d.resume_position(),
+            Decoding::Stream(d) => d.resume_position(),
+        };
+        if self.batch.is_empty() && self.last_sent.as_ref() == Some(&end) {
+            return Ok(());
+        }
+        self.send(Some(end)).await
+    }
+
+    async fn flush(&mut self) -> Result<(), ReaderError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let end = self.batch.last().and_then(|e| e.position.clone());
+        self.send(end).await
+    }
+
+    async fn send(&mut self, end: Option<Position>) -> Result<(), ReaderError> {
+        let events = std::mem::take(&mut self.batch);
+        let n = events.len() as u64;
+        let response = SubscribeResponse {
+            shard_id: self.cfg.shard_id.clone(),
+            events,
+            end_position: end.clone(),
+            received_offset: self.spool.received_offset(),
+        };
+        tokio::select! {
+            r = self.tx.send(Ok(response)) => r.map_err(|_| ReaderError::Closed)?,
+            () = cancelled(&mut self.cancel) => return Err(ReaderError::Cancelled),
+        }
+        self.metrics.events_sent.add(n);
+        self.last_sent = end;
+        Ok(())
+    }
+}
+
+/// Completes once `cancel` is set or its sender is gone.
+async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send: it must not live in the caller's future.
+    let _ = cancel.wait_for(|c| *c).await;
+}

@@ -1,0 +1,248 @@
+//! The edges both redis-sync services share: the flags every binary takes, serving gRPC
+//! with health checks, reflection and TLS, and shutting down on SIGTERM or SIGINT.
+//!
+//! Nothing here knows about Redis or tasks; it is the plumbing that lets a service be
+//! written as "a function of a listener and a shutdown future", so tests run services
+//! in-process on `127.0.0.1:0`.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
+
+use redis_sync_telemetry::LogFormat;
+use tokio::net::TcpListener;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+/// Flags and environment variables that both services take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "REDIS_SYNC_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the HTTP server for Prometheus `/metrics` and `/healthz`; "off" disables it.
+    #[arg(long, env = "REDIS_SYNC_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Log format on stderr: "pretty" or "json". Filter with RUST_LOG.
+    #[arg(long, env = "REDIS_SYNC_LOG_FORMAT", default_value = "pretty")]
+    pub log_format: LogFormat,
+    /// PEM certificate chain for serving gRPC over TLS (needs --tls-key).
+    #[arg(long, env = "REDIS_SYNC_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "REDIS_SYNC_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: when set, clients must present a certificate signed by it (mutual TLS).
+    #[arg(long, env = "REDIS_SYNC_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// A configuration value that cannot work, named by its flag.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {setting}: {reason}")]
+pub struct ConfigError {
+    /// The flag (and its environment variable).
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// A new error about `setting`.
+    pub fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The validated form of [`CommonArgs`].
+#[derive(Debug, Clone)]
+pub struct CommonConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Metrics listen address, `None` when disabled.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// TLS for the gRPC server, when configured.
+    pub tls: Option<ServerTlsConfig>,
+}
+
+impl CommonArgs {
+    /// Validates the flags, reading TLS files now so a bad path fails at start.
+    pub fn validate(
+        &self,
+        default_listen: SocketAddr,
+        default_metrics: SocketAddr,
+    ) -> Result<CommonConfig, ConfigError> {
+        let metrics_listen = match self.metrics_listen.as_deref() {
+            None => Some(default_metrics),
+            Some("off") => None,
+            Some(s) => Some(s.parse().map_err(|e| {
+                ConfigError::new(
+                    "--metrics-listen (REDIS_SYNC_METRICS_LISTEN)",
+                    format!("{s:?} is not host:port or \"off\": {e}"),
+                )
+            })?),
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (None, None) => {
+                if self.tls_client_ca.is_some() {
+                    return Err(ConfigError::new(
+                        "--tls-client-ca (REDIS_SYNC_TLS_CLIENT_CA)",
+                        "mutual TLS needs --tls-cert and --tls-key too",
+                    ));
+                }
+                None
+            }
+            (Some(cert), Some(key)) => {
+                let cert = read_pem("--tls-cert (REDIS_SYNC_TLS_CERT)", cert)?;
+                let key = read_pem("--tls-key (REDIS_SYNC_TLS_KEY)", key)?;
+                let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+                if let Some(ca) = &self.tls_client_ca {
+                    let ca = read_pem("--tls-client-ca (REDIS_SYNC_TLS_CLIENT_CA)", ca)?;
+                    tls = tls.client_ca_root(Certificate::from_pem(ca));
+                }
+                Some(tls)
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "--tls-key (REDIS_SYNC_TLS_KEY)",
+                    "--tls-cert is set but its key is not",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "--tls-cert (REDIS_SYNC_TLS_CERT)",
+                    "--tls-key is set but the certificate is not",
+                ));
+            }
+        };
+        Ok(CommonConfig {
+            listen: self.listen.unwrap_or(default_listen),
+            metrics_listen,
+            log_format: self.log_format,
+            tls,
+        })
+    }
+}
+
+/// Reads a PEM file named by `setting`, failing with a message that names the setting.
+pub fn read_pem(setting: &'static str, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| ConfigError::new(setting, format!("cannot read {}: {e}", path.display())))?;
+    if !bytes.windows(10).any(|w| w == b"-----BEGIN") {
+        return Err(ConfigError::new(
+            setting,
+            format!("{} is not PEM", path.display()),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+        () = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+/// gRPC reflection, v1 and v1alpha (older grpcurl speaks only v1alpha), listing `service`
+/// (a full name such as "redis_sync.v1.IngestService") and the health service.
+pub fn reflection(service: &'static str) -> (
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+) {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(redis_sync_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(service)
+            .with_service_name("grpc.health.v1.Health")
+    };
+    // Both builders only fail on a malformed descriptor set, which is generated at build
+    // time from our own protos and the health crate's: a failure is a build bug.
+    let v1 = builder().build_v1().expect("descriptor sets are valid");
+    let v1alpha = builder()
+        .build_v1alpha()
+        .expect("descriptor sets are valid");
+    (v1, v1alpha)
+}
+
+/// A tonic server builder with the settings both services use.
+pub fn server_builder(
+    tls: Option<ServerTlsConfig>,
+) -> Result<tonic::transport::Server, tonic::transport::Error> {
+    let mut b = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        b = b.tls_config(tls)?;
+    }
+    Ok(b)
+}
+
+/// How long in-flight calls get to finish after shutdown starts. Streams that never end by
+/// themselves (a subscriber that stopped reading, a frozen client) must not keep the
+/// process alive past what an orchestrator waits before SIGKILL.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Serves `router` on `listener` until `shutdown` completes, then drains in-flight calls
+/// for at most [`SHUTDOWN_GRACE`].
+pub async fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let (fired_tx, mut fired_rx) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = fired_tx.send(true);
+    };
+    let deadline = async move {
+        let _ = fired_rx.wait_for(|fired| *fired).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        result = router.serve_with_incoming_shutdown(incoming, signal) => result,
+        () = deadline => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the shutdown grace period; closing them");
+            Ok(())
+        }
+    }
+}
+
+/// Binds the metrics listener when configured and serves `/metrics` until `shutdown`.
+pub async fn spawn_metrics(
+    addr: Option<SocketAddr>,
+    metrics: redis_sync_telemetry::Metrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<Option<SocketAddr>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(redis_sync_telemetry::serve_metrics(
+        listener, metrics, shutdown,
+    ));
+    Ok(Some(bound))
+}

@@ -1,0 +1,185 @@
+//! No stray processes: servers die with a panicking test and with a killed test
+//! process. A missing binary fails the test with the command that installs it.
+//!
+//! Some tests re-run this test binary as a child process with a helper test selected
+//! (`#[ignore]`d helpers that do nothing unless `HELPER_ENV` is set), so that the
+//! environment override and process death can be exercised without touching the
+//! environment or the life of this process.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use redis_sync_testkit::{RedisServer, RedisVersion, server_binary, wait_until};
+
+const HELPER_ENV: &str = "REDIS_SYNC_TESTKIT_HELPER";
+
+/// Alive = `/proc/<pid>` exists and is not a zombie (an orphan is reaped by init,
+/// which in some containers never happens).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// This test binary, running only the helper test `name`.
+fn helper(name: &str, mode: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(HELPER_ENV, mode);
+    cmd
+}
+
+#[test]
+fn drop_kills_the_server_when_the_test_panics() {
+    let seen = std::sync::Mutex::new(None);
+    let result = std::panic::catch_unwind(|| {
+        let server = RedisServer::start(RedisVersion::V6_2).unwrap_or_else(|e| panic!("{e}"));
+        *seen.lock().unwrap() = Some((server.pid(), server.dir().to_owned()));
+        panic!("deliberate panic with a running server");
+    });
+    assert!(result.is_err());
+    let (pid, dir) = seen.lock().unwrap().take().unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "redis {pid} survived the panic"
+    );
+    // The directory is kept for the post-mortem.
+    assert!(dir.join("redis.log").is_file());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn servers_die_with_the_test_process() {
+    let mut child = helper("helper_hold_servers", "hold")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut pids = Vec::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(list) = line.strip_prefix("REDIS_PIDS=") {
+            pids = list.split(',').map(|p| p.parse::<u32>().unwrap()).collect();
+            break;
+        }
+    }
+    assert_eq!(pids.len(), 2, "helper printed no pids");
+    assert!(pids.iter().all(|&p| alive(p)));
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_until("the helper's servers to die", Duration::from_secs(10), || {
+        match pids.iter().find(|&&p| alive(p)) {
+            Some(p) => Err(format!("pid {p} alive")),
+            None => Ok(()),
+        }
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Starts two servers, one from a thread that ends at once (death signals follow the
+/// forking thread, so this checks the harness forks from a long-lived one), prints
+/// their pids and blocks until killed.
+#[test]
+#[ignore = "helper: run by servers_die_with_the_test_process"]
+fn helper_hold_servers() {
+    if std::env::var(HELPER_ENV).as_deref() != Ok("hold") {
+        return;
+    }
+    let first = RedisServer::start(RedisVersion::V7_0).unwrap_or_else(|e| panic!("{e}"));
+    let second = std::thread::spawn(|| RedisServer::start(RedisVersion::V2_8))
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Both still up after the starting thread is gone.
+    for server in [&first, &second] {
+        assert!(server.cmd_str(&["PING"]).unwrap().as_str() == Some("PONG"));
+    }
+    println!("REDIS_PIDS={},{}", first.pid(), second.pid());
+    // Block until the parent kills us (stdin never closes before that).
+    let _ = std::io::stdin().lines().count();
+}
+
+/// Starts the version named after `start:` in `HELPER_ENV`; fails like any test
+/// would when the binary is missing.
+#[test]
+#[ignore = "helper: run by missing_binary_fails_with_install_hint"]
+fn helper_start() {
+    let Ok(mode) = std::env::var(HELPER_ENV) else {
+        return;
+    };
+    let Some(label) = mode.strip_prefix("start:") else {
+        return;
+    };
+    let version = RedisVersion::from_label(label).unwrap();
+    let server = RedisServer::start(version).unwrap_or_else(|e| panic!("{e}"));
+    drop(server);
+}
+
+fn run_start_helper(version: RedisVersion, env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = helper("helper_start", &format!("start:{version}"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn missing_binary_fails_with_install_hint() {
+    let (ok, text) = run_start_helper(
+        RedisVersion::V7_0,
+        &[("REDIS_SYNC_REDIS_7_0", "/nonexistent/redis-server-7.0")],
+    );
+    assert!(!ok, "helper passed without a binary:\n{text}");
+    for needle in [
+        "redis-server 7.0 not found at /nonexistent/redis-server-7.0",
+        "(from REDIS_SYNC_REDIS_7_0)",
+        "install it with `apt-get install redis-server`",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+
+    let (ok, text) = run_start_helper(
+        RedisVersion::V2_8,
+        &[("REDIS_VERSIONS_DIR", "/nonexistent/versions")],
+    );
+    assert!(!ok, "helper passed without a binary:\n{text}");
+    for needle in [
+        "/nonexistent/versions/2.8.17/redis-server: no such file",
+        "install it with `deploy/local/install-redis-versions.sh`",
+        "REDIS_SYNC_REDIS_2_8",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn wrong_version_binary_is_rejected() {
+    let v62 = server_binary(RedisVersion::V6_2).unwrap_or_else(|e| panic!("{e}"));
+    let (ok, text) = run_start_helper(
+        RedisVersion::V7_0,
+        &[("REDIS_SYNC_REDIS_7_0", v62.to_str().unwrap())],
+    );
+    assert!(!ok, "helper passed with a 6.2 binary as 7.0:\n{text}");
+    assert!(
+        text.contains("reports redis 6.2.14, expected 7.0.x"),
+        "{text}"
+    );
+}
+
+#[test]
+fn every_version_is_installed() {
+    for version in RedisVersion::ALL {
+        server_binary(version).unwrap_or_else(|e| panic!("{e}"));
+    }
+}

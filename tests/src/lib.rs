@@ -1,0 +1,232 @@
+//! Harness for the end-to-end suites in `tests/tests/`: runs the real `redis-sync-ingest`
+//! and `redis-sync-apply` binaries as child processes on free loopback ports, each with
+//! its own scratch directory, and stops them when the test ends, passes or panics.
+//!
+//! The binaries are the ones `cargo build --bins` leaves in the target directory; the
+//! README's test command builds them before running the tests.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Why a service could not be started or checked.
+#[derive(Debug, thiserror::Error)]
+pub enum E2eError {
+    /// The binary is not built.
+    #[error("{0} not found: run `cargo build --bins` first (the README's test command does)")]
+    MissingBinary(PathBuf),
+    /// Spawning or waiting failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The service did not become healthy in time.
+    #[error("{0} did not answer its health check within 30 s; its log:\n{1}")]
+    NotReady(String, String),
+}
+
+/// The target directory the binaries were built into.
+pub fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")
+}
+
+/// Path of a built binary of this workspace (debug profile unless `REDIS_SYNC_PROFILE`).
+pub fn binary(name: &str) -> Result<PathBuf, E2eError> {
+    let profile = std::env::var("REDIS_SYNC_PROFILE").unwrap_or_else(|_| "debug".to_owned());
+    let path = target_dir().join(profile).join(name);
+    if path.is_file() { Ok(path) } else { Err(E2eError::MissingBinary(path)) }
+}
+
+/// A free loopback port (bound and released; the service binds it right after).
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("loopback bind");
+    l.local_addr().expect("local addr")
+}
+
+/// One service process.
+pub struct ServiceProcess {
+    name: String,
+    child: Option<Child>,
+    /// gRPC address.
+    pub grpc: SocketAddr,
+    /// Metrics HTTP address.
+    pub metrics: SocketAddr,
+    /// Scratch directory (spool or task store), removed on drop.
+    pub dir: PathBuf,
+    log: PathBuf,
+}
+
+impl std::fmt::Debug for ServiceProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceProcess").field("name", &self.name).field("grpc", &self.grpc).finish()
+    }
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("redis-sync-e2e-{}-{name}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+impl ServiceProcess {
+    /// Starts `redis-sync-ingest` with `extra` flags.
+    pub fn ingest(extra: &[&str]) -> Result<Self, E2eError> {
+        let dir = scratch_dir("ingest");
+        let spool = dir.join("spool");
+        let mut args = vec!["--spool-dir".to_owned(), spool.display().to_string()];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Self::spawn("redis-sync-ingest", dir, args)
+    }
+
+    /// Starts `redis-sync-apply` pointing at `ingest_endpoint`, with `extra` flags.
+    pub fn apply(ingest_endpoint: &str, extra: &[&str]) -> Result<Self, E2eError> {
+        let dir = scratch_dir("apply");
+        let store = dir.join("tasks.redb");
+        let mut args = vec![
+            "--store-path".to_owned(),
+            store.display().to_string(),
+            "--ingest-endpoint".to_owned(),
+            ingest_endpoint.to_owned(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Self::spawn("redis-sync-apply", dir, args)
+    }
+
+    fn spawn(name: &str, dir: PathBuf, mut args: Vec<String>) -> Result<Self, E2eError> {
+        let bin = binary(name)?;
+        let grpc = free_addr();
+        let metrics = free_addr();
+        args.extend([
+            "--listen".to_owned(),
+            grpc.to_string(),
+            "--metrics-listen".to_owned(),
+            metrics.to_string(),
+        ]);
+        let log = dir.join("service.log");
+        let out = std::fs::File::create(&log)
+            .map_err(|source| E2eError::Io { what: format!("create {}", log.display()), source })?;
+        let err = out
+            .try_clone()
+            .map_err(|source| E2eError::Io { what: "dup log".into(), source })?;
+        let child = Command::new(&bin)
+            .args(&args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|source| E2eError::Io { what: format!("spawn {}", bin.display()), source })?;
+        Ok(Self { name: name.to_owned(), child: Some(child), grpc, metrics, dir, log })
+    }
+
+    /// "http://127.0.0.1:port" of the gRPC server.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// What the process has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `grpc.health.v1.Health/Check` answers SERVING.
+    pub async fn wait_healthy(&self) -> Result<(), E2eError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let channel = tonic::transport::Endpoint::from_shared(self.endpoint())
+                .map_err(|e| E2eError::NotReady(self.name.clone(), e.to_string()))?
+                .connect()
+                .await;
+            if let Ok(channel) = channel {
+                let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+                let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
+                if let Ok(resp) = client.check(req).await {
+                    if resp.into_inner().status
+                        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(E2eError::NotReady(self.name.clone(), self.log()))
+    }
+
+    /// Sends SIGTERM and waits for the exit (at most `limit`), returning the status and
+    /// how long it took; kills the process when it overstays.
+    pub fn terminate(&mut self, limit: Duration) -> Option<(ExitStatus, Duration)> {
+        let child = self.child.as_mut()?;
+        let started = Instant::now();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some((status, started.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        self.child = None;
+        None
+    }
+
+    /// Kills the process with SIGKILL (a crash).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Path of `grpcurl`: `$GRPCURL`, else the project's tool venv, else `grpcurl` on PATH.
+pub fn grpcurl() -> PathBuf {
+    if let Some(p) = std::env::var_os("GRPCURL") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let venv = home.join(".cache/redis-sync/venv/bin/grpcurl");
+    if venv.is_file() { venv } else { PathBuf::from("grpcurl") }
+}
+
+/// Runs grpcurl with `args`, returning (success, stdout + stderr).
+pub fn run_grpcurl(args: &[&str]) -> (bool, String) {
+    let bin = grpcurl();
+    match Command::new(&bin).args(args).output() {
+        Ok(out) => {
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            (out.status.success(), text)
+        }
+        Err(e) => (
+            false,
+            format!(
+                "cannot run {}: {e} (install it with deploy/local/install-tools.sh)",
+                bin.display()
+            ),
+        ),
+    }
+}
