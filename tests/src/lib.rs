@@ -40,11 +40,25 @@ pub fn target_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")
 }
 
-/// Path of a built binary of this workspace (debug profile unless `REDIS_SYNC_PROFILE`).
+static DEFAULT_PROFILE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Makes [`binary`] look in `profile` (e.g. "release") unless `REDIS_SYNC_PROFILE` says
+/// otherwise. Benchmarks call it; tests use the debug build.
+pub fn set_default_profile(profile: &'static str) {
+    let _ = DEFAULT_PROFILE.set(profile);
+}
+
+/// Path of a built binary of this workspace: the profile is `REDIS_SYNC_PROFILE`, else the
+/// one set with [`set_default_profile`], else "debug".
 pub fn binary(name: &str) -> Result<PathBuf, E2eError> {
-    let profile = std::env::var("REDIS_SYNC_PROFILE").unwrap_or_else(|_| "debug".to_owned());
+    let profile = std::env::var("REDIS_SYNC_PROFILE")
+        .unwrap_or_else(|_| (*DEFAULT_PROFILE.get().unwrap_or(&"debug")).to_owned());
     let path = target_dir().join(profile).join(name);
-    if path.is_file() { Ok(path) } else { Err(E2eError::MissingBinary(path)) }
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(E2eError::MissingBinary(path))
+    }
 }
 
 /// A free loopback port (bound and released; the service binds it right after).
@@ -68,14 +82,18 @@ pub struct ServiceProcess {
 
 impl std::fmt::Debug for ServiceProcess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceProcess").field("name", &self.name).field("grpc", &self.grpc).finish()
+        f.debug_struct("ServiceProcess")
+            .field("name", &self.name)
+            .field("grpc", &self.grpc)
+            .finish()
     }
 }
 
 fn scratch_dir(name: &str) -> PathBuf {
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("redis-sync-e2e-{}-{name}-{n}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("redis-sync-e2e-{}-{name}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
@@ -116,21 +134,42 @@ impl ServiceProcess {
             metrics.to_string(),
         ]);
         let log = dir.join("service.log");
-        let out = std::fs::File::create(&log)
-            .map_err(|source| E2eError::Io { what: format!("create {}", log.display()), source })?;
-        let err = out
-            .try_clone()
-            .map_err(|source| E2eError::Io { what: "dup log".into(), source })?;
+        let out = std::fs::File::create(&log).map_err(|source| E2eError::Io {
+            what: format!("create {}", log.display()),
+            source,
+        })?;
+        let err = out.try_clone().map_err(|source| E2eError::Io {
+            what: "dup log".into(),
+            source,
+        })?;
         let child = Command::new(&bin)
             .args(&args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
-            .map_err(|source| E2eError::Io { what: format!("spawn {}", bin.display()), source })?;
-        Ok(Self { name: name.to_owned(), child: Some(child), grpc, metrics, dir, log })
+            .map_err(|source| E2eError::Io {
+                what: format!("spawn {}", bin.display()),
+                source,
+            })?;
+        Ok(Self {
+            name: name.to_owned(),
+            child: Some(child),
+            grpc,
+            metrics,
+            dir,
+            log,
+        })
+    }
+
+    /// Process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// "http://127.0.0.1:port" of the gRPC server.
@@ -153,7 +192,9 @@ impl ServiceProcess {
                 .await;
             if let Ok(channel) = channel {
                 let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
-                let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
+                let req = tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                };
                 if let Ok(resp) = client.check(req).await {
                     if resp.into_inner().status
                         == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
@@ -172,7 +213,9 @@ impl ServiceProcess {
     pub fn terminate(&mut self, limit: Duration) -> Option<(ExitStatus, Duration)> {
         let child = self.child.as_mut()?;
         let started = Instant::now();
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         while started.elapsed() < limit {
             if let Ok(Some(status)) = child.try_wait() {
                 self.child = None;
@@ -207,9 +250,15 @@ pub fn grpcurl() -> PathBuf {
     if let Some(p) = std::env::var_os("GRPCURL") {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     let venv = home.join(".cache/redis-sync/venv/bin/grpcurl");
-    if venv.is_file() { venv } else { PathBuf::from("grpcurl") }
+    if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("grpcurl")
+    }
 }
 
 /// Runs grpcurl with `args`, returning (success, stdout + stderr).
@@ -229,4 +278,18 @@ pub fn run_grpcurl(args: &[&str]) -> (bool, String) {
             ),
         ),
     }
+}
+
+/// Resident memory of a process from `/proc/<pid>/status`: (current, peak) in bytes.
+pub fn rss(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }

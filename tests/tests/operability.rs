@@ -21,13 +21,20 @@ async fn check_operable(mut svc: ServiceProcess, service: &str, message: &str) {
 
     let (ok, out) = run_grpcurl(&["-plaintext", &addr, "list"]);
     assert!(ok, "grpcurl list failed: {out}");
-    for s in [service, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"] {
+    for s in [
+        service,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
         assert!(out.contains(s), "grpcurl list lacks {s}: {out}");
     }
 
     let (ok, out) = run_grpcurl(&["-plaintext", &addr, "describe", message]);
     assert!(ok, "grpcurl describe failed: {out}");
-    assert!(out.contains("//"), "describe shows no field documentation: {out}");
+    assert!(
+        out.contains("//"),
+        "describe shows no field documentation: {out}"
+    );
 
     let (ok, out) = run_grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
     assert!(ok && out.contains("SERVING"), "health check: {out}");
@@ -38,7 +45,10 @@ async fn check_operable(mut svc: ServiceProcess, service: &str, message: &str) {
         &addr,
         "grpc.health.v1.Health/Check",
     ]);
-    assert!(ok && out.contains("SERVING"), "per-service health check: {out}");
+    assert!(
+        ok && out.contains("SERVING"),
+        "per-service health check: {out}"
+    );
 
     let metrics = http_get(svc.metrics, "/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
@@ -47,14 +57,23 @@ async fn check_operable(mut svc: ServiceProcess, service: &str, message: &str) {
     let (status, took) = svc
         .terminate(Duration::from_secs(5))
         .unwrap_or_else(|| panic!("no exit within 5 s of SIGTERM; log:\n{}", svc.log()));
-    assert!(status.success(), "exit status {status:?} after SIGTERM; log:\n{}", svc.log());
+    assert!(
+        status.success(),
+        "exit status {status:?} after SIGTERM; log:\n{}",
+        svc.log()
+    );
     assert!(took < Duration::from_secs(5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_is_operable() {
     let svc = ServiceProcess::ingest(&[]).expect("start ingest");
-    check_operable(svc, "redis_sync.v1.IngestService", "redis_sync.v1.SubscribeRequest").await;
+    check_operable(
+        svc,
+        "redis_sync.v1.IngestService",
+        "redis_sync.v1.SubscribeRequest",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,23 +89,75 @@ fn refuses(bin: &str, args: &[&str], envs: &[(&str, &str)], setting: &str) {
         .output()
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{bin} {args:?} should exit 2; stderr: {stderr}");
-    assert!(stderr.contains(setting), "{bin}: error should name {setting}: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{bin} {args:?} should exit 2; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(setting),
+        "{bin}: error should name {setting}: {stderr}"
+    );
 }
 
 #[test]
 fn bad_settings_stop_the_binaries_at_start() {
-    refuses("redis-sync-ingest", &["--spool-max-bytes", "12"], &[], "--spool-max-bytes");
-    refuses("redis-sync-ingest", &["--spool-max-bytes", "lots"], &[], "--spool-max-bytes");
-    refuses("redis-sync-ingest", &[], &[("REDIS_SYNC_METRICS_LISTEN", "nowhere")], "REDIS_SYNC_METRICS_LISTEN");
-    refuses("redis-sync-ingest", &["--listen", "localhost"], &[], "--listen");
-    refuses("redis-sync-apply", &["--ingest-endpoint", "ftp://x"], &[], "--ingest-endpoint");
-    refuses("redis-sync-apply", &[], &[("REDIS_SYNC_LOG_FORMAT", "xml")], "--log-format");
-    refuses("redis-sync-apply", &["--api-token", "short"], &[], "--api-token");
-    refuses("redis-sync-apply", &["--tls-cert", "/nonexistent.pem"], &[], "--tls-key");
+    refuses(
+        "redis-sync-ingest",
+        &["--spool-max-bytes", "12"],
+        &[],
+        "--spool-max-bytes",
+    );
+    refuses(
+        "redis-sync-ingest",
+        &["--spool-max-bytes", "lots"],
+        &[],
+        "--spool-max-bytes",
+    );
+    refuses(
+        "redis-sync-ingest",
+        &[],
+        &[("REDIS_SYNC_METRICS_LISTEN", "nowhere")],
+        "REDIS_SYNC_METRICS_LISTEN",
+    );
+    refuses(
+        "redis-sync-ingest",
+        &["--listen", "localhost"],
+        &[],
+        "--listen",
+    );
     refuses(
         "redis-sync-apply",
-        &["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"],
+        &["--ingest-endpoint", "ftp://x"],
+        &[],
+        "--ingest-endpoint",
+    );
+    refuses(
+        "redis-sync-apply",
+        &[],
+        &[("REDIS_SYNC_LOG_FORMAT", "xml")],
+        "--log-format",
+    );
+    refuses(
+        "redis-sync-apply",
+        &["--api-token", "short"],
+        &[],
+        "--api-token",
+    );
+    refuses(
+        "redis-sync-apply",
+        &["--tls-cert", "/nonexistent.pem"],
+        &[],
+        "--tls-key",
+    );
+    refuses(
+        "redis-sync-apply",
+        &[
+            "--tls-cert",
+            "/nonexistent.pem",
+            "--tls-key",
+            "/nonexistent.key",
+        ],
         &[],
         "--tls-cert",
     );

@@ -270,12 +270,17 @@ impl RedisCluster {
 
     fn check_converged(&self, expected: &Topology) -> std::result::Result<(), String> {
         let n = self.nodes.len();
-        let want: BTreeMap<&str, (Option<&str>, &[(u16, u16)])> = self
+        // node id → (its master's id, its slots)
+        type Want<'a> = BTreeMap<&'a str, (Option<&'a str>, &'a [(u16, u16)])>;
+        let want: Want<'_> = self
             .nodes
             .iter()
             .map(|node| {
                 let master = expected.master_of[node.index].map(|m| self.nodes[m].id.as_str());
-                (node.id.as_str(), (master, expected.slots[node.index].as_slice()))
+                (
+                    node.id.as_str(),
+                    (master, expected.slots[node.index].as_slice()),
+                )
             })
             .collect();
 
@@ -458,14 +463,20 @@ impl RedisCluster {
         wait_until(
             &format!("{} to become master", replica.addr()),
             CLUSTER_TIMEOUT,
-            || match replica.info("replication").map(|i| i.get("role").map(str::to_owned)) {
+            || match replica
+                .info("replication")
+                .map(|i| i.get("role").map(str::to_owned))
+            {
                 Ok(Some(role)) if role == "master" => Ok(()),
                 other => Err(format!("role: {other:?}")),
             },
         )?;
         self.wait_converged(
             &expected,
-            &format!("the cluster to settle after failing over to {}", replica.addr()),
+            &format!(
+                "the cluster to settle after failing over to {}",
+                replica.addr()
+            ),
         )?;
         *self.topology() = expected;
         Ok(())
@@ -521,7 +532,10 @@ fn own_node_id(server: &RedisServer) -> Result<String> {
         .find(|l| l.has_flag("myself"))
         .map(|l| l.id)
         .ok_or_else(|| {
-            HarnessError::Cluster(format!("{}: CLUSTER NODES has no `myself` line", server.addr()))
+            HarnessError::Cluster(format!(
+                "{}: CLUSTER NODES has no `myself` line",
+                server.addr()
+            ))
         })
 }
 

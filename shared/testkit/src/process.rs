@@ -111,9 +111,7 @@ impl PortLease {
                 .map_err(|e| HarnessError::io("binding 127.0.0.1:0", e))?;
             let bus = if with_bus {
                 match port.checked_add(CLUSTER_BUS_OFFSET) {
-                    Some(bus) if TcpListener::bind((Ipv4Addr::LOCALHOST, bus)).is_ok() => {
-                        Some(bus)
-                    }
+                    Some(bus) if TcpListener::bind((Ipv4Addr::LOCALHOST, bus)).is_ok() => Some(bus),
                     _ => {
                         last = format!("bus port of {port} unusable");
                         continue;
@@ -242,7 +240,10 @@ mod tests {
         let err = wait_until::<()>("never", Duration::from_millis(30), || Err("nope".into()))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("waiting for never") && err.contains("nope"), "{err}");
+        assert!(
+            err.contains("waiting for never") && err.contains("nope"),
+            "{err}"
+        );
     }
 
     #[test]

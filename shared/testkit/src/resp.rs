@@ -208,10 +208,7 @@ fn parse_int(digits: &[u8]) -> Result<i64> {
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| {
-            HarnessError::Protocol(format!(
-                "bad integer {:?}",
-                String::from_utf8_lossy(digits)
-            ))
+            HarnessError::Protocol(format!("bad integer {:?}", String::from_utf8_lossy(digits)))
         })
 }
 
@@ -422,7 +419,9 @@ mod tests {
 
     #[test]
     fn parses_info() {
-        let info = Info::parse("# Server\r\nredis_version:7.0.15\r\n\r\n# Stats\r\nsync_full:2\r\nx:a:b\r\n");
+        let info = Info::parse(
+            "# Server\r\nredis_version:7.0.15\r\n\r\n# Stats\r\nsync_full:2\r\nx:a:b\r\n",
+        );
         assert_eq!(info.get("redis_version"), Some("7.0.15"));
         assert_eq!(info.get_int("sync_full"), Some(2));
         assert_eq!(info.get("x"), Some("a:b"));

@@ -439,8 +439,8 @@ impl RedisServer {
             .stdin(Stdio::null())
             .stdout(stdio)
             .stderr(stdio_err);
-        let mut child =
-            process::spawn(cmd).map_err(|e| io_failed(&format!("spawning {}", self.binary.display()), e))?;
+        let mut child = process::spawn(cmd)
+            .map_err(|e| io_failed(&format!("spawning {}", self.binary.display()), e))?;
         let pid = child.id();
 
         let started = Instant::now();
@@ -586,7 +586,10 @@ impl RedisServer {
             timeout,
             || {
                 let info = self.info("replication").map_err(|e| e.to_string())?;
-                match (info.get("master_link_status"), info.get("master_sync_in_progress")) {
+                match (
+                    info.get("master_link_status"),
+                    info.get("master_sync_in_progress"),
+                ) {
                     (Some("up"), Some("0")) => Ok(()),
                     (link, sync) => Err(format!(
                         "master_link_status={link:?} master_sync_in_progress={sync:?}"
@@ -674,7 +677,9 @@ impl LogMark {
     fn new_text(&self, dir: &Path) -> String {
         let read_from = |name, offset: u64| {
             let bytes = std::fs::read(dir.join(name)).unwrap_or_default();
-            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
             String::from_utf8_lossy(&bytes[start..]).into_owned()
         };
         read_from(LOG_FILE, self.log) + &read_from(STDIO_FILE, self.stdio)
@@ -720,7 +725,10 @@ mod tests {
                 .config(name, "1")
                 .validate()
                 .unwrap_err();
-            assert!(matches!(err, HarnessError::InvalidConfig(_)), "{name}: {err}");
+            assert!(
+                matches!(err, HarnessError::InvalidConfig(_)),
+                "{name}: {err}"
+            );
         }
         assert!(
             RedisServer::builder(RedisVersion::V7_0)

@@ -168,7 +168,9 @@ pub(crate) fn locate(
 
     let (path, origin) = match env(&env_var).filter(|v| !v.is_empty()) {
         Some(p) => (PathBuf::from(p), format!(" (from {env_var})")),
-        None if version == RedisVersion::V7_0 => (PathBuf::from(DEBIAN_REDIS_SERVER), String::new()),
+        None if version == RedisVersion::V7_0 => {
+            (PathBuf::from(DEBIAN_REDIS_SERVER), String::new())
+        }
         None => {
             let dir = match env("REDIS_VERSIONS_DIR").filter(|v| !v.is_empty()) {
                 Some(d) => PathBuf::from(d),
@@ -182,7 +184,10 @@ pub(crate) fn locate(
                     }
                 },
             };
-            (dir.join(version.pinned()).join("redis-server"), String::new())
+            (
+                dir.join(version.pinned()).join("redis-server"),
+                String::new(),
+            )
         }
     };
 

@@ -16,10 +16,19 @@ fn exercise(version: RedisVersion) -> Result<(), HarnessError> {
         assert_eq!(node.id().len(), 40);
     }
 
-    let mut keys: Vec<String> = ["foo", "bar", "{user1000}.following", "{user1000}.followers", "foo{}{bar}", "foo{{bar}}zap", "", "\u{e9}t\u{e9}"]
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+    let mut keys: Vec<String> = [
+        "foo",
+        "bar",
+        "{user1000}.following",
+        "{user1000}.followers",
+        "foo{}{bar}",
+        "foo{{bar}}zap",
+        "",
+        "\u{e9}t\u{e9}",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
     keys.extend((0..40).map(|i| format!("key:{i}")));
 
     let mut per_master = vec![0; cluster.nodes().len()];
@@ -39,7 +48,12 @@ fn exercise(version: RedisVersion) -> Result<(), HarnessError> {
             }
             let reply = other.cmd_str(&["SET", key, "x"])?;
             let expected = format!("MOVED {slot} 127.0.0.1:{}", owner.port());
-            assert_eq!(reply.as_error(), Some(expected.as_str()), "{key:?} on {}", other.addr());
+            assert_eq!(
+                reply.as_error(),
+                Some(expected.as_str()),
+                "{key:?} on {}",
+                other.addr()
+            );
         }
     }
     assert!(
@@ -69,9 +83,15 @@ fn exercise(version: RedisVersion) -> Result<(), HarnessError> {
     );
 
     // The harness's view matches a fresh read of the cluster.
-    let before: Vec<usize> = (0..16384u16).step_by(97).map(|s| cluster.node_for_slot(s).index()).collect();
+    let before: Vec<usize> = (0..16384u16)
+        .step_by(97)
+        .map(|s| cluster.node_for_slot(s).index())
+        .collect();
     cluster.refresh()?;
-    let after: Vec<usize> = (0..16384u16).step_by(97).map(|s| cluster.node_for_slot(s).index()).collect();
+    let after: Vec<usize> = (0..16384u16)
+        .step_by(97)
+        .map(|s| cluster.node_for_slot(s).index())
+        .collect();
     assert_eq!(before, after);
 
     let pids: Vec<u32> = cluster.nodes().iter().map(|n| n.pid()).collect();
@@ -95,5 +115,8 @@ fn cluster_7_0() {
 #[test]
 fn cluster_needs_3_0() {
     let err = RedisCluster::start(RedisVersion::V2_8, 3, 0).unwrap_err();
-    assert!(err.to_string().contains("2.8 does not support cluster"), "{err}");
+    assert!(
+        err.to_string().contains("2.8 does not support cluster"),
+        "{err}"
+    );
 }

@@ -7,7 +7,7 @@
 //! environment or the life of this process.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -29,8 +29,14 @@ fn alive(pid: u32) -> bool {
 /// This test binary, running only the helper test `name`.
 fn helper(name: &str, mode: &str) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([name, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(HELPER_ENV, mode);
+    cmd.args([
+        name,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(HELPER_ENV, mode);
     cmd
 }
 
@@ -61,27 +67,53 @@ fn servers_die_with_the_test_process() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    // Read on a thread so a helper that never prints fails the test instead of
+    // hanging it.
     let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut pids = Vec::new();
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        if let Some(list) = line.strip_prefix("REDIS_PIDS=") {
-            pids = list.split(',').map(|p| p.parse::<u32>().unwrap()).collect();
-            break;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            // libtest prints `test helper_hold_servers ... ` on the same line.
+            if let Some((_, list)) = line.split_once("REDIS_SERVERS=") {
+                let servers: Vec<(u32, PathBuf)> = list
+                    .split(';')
+                    .map(|s| {
+                        let (pid, dir) = s.split_once(',').unwrap();
+                        (pid.trim().parse().unwrap(), PathBuf::from(dir.trim()))
+                    })
+                    .collect();
+                let _ = tx.send(servers);
+                return;
+            }
         }
-    }
-    assert_eq!(pids.len(), 2, "helper printed no pids");
+    });
+    let servers = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(servers) => servers,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("helper printed no pids: {e}");
+        }
+    };
+    assert_eq!(servers.len(), 2, "{servers:?}");
+    let pids: Vec<u32> = servers.iter().map(|(pid, _)| *pid).collect();
     assert!(pids.iter().all(|&p| alive(p)));
 
     child.kill().unwrap();
     child.wait().unwrap();
-    wait_until("the helper's servers to die", Duration::from_secs(10), || {
-        match pids.iter().find(|&&p| alive(p)) {
+    wait_until(
+        "the helper's servers to die",
+        Duration::from_secs(10),
+        || match pids.iter().find(|&&p| alive(p)) {
             Some(p) => Err(format!("pid {p} alive")),
             None => Ok(()),
-        }
-    })
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}"));
+    // A killed process cannot clean up after itself.
+    for (_, dir) in servers {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 /// Starts two servers, one from a thread that ends at once (death signals follow the
@@ -102,7 +134,13 @@ fn helper_hold_servers() {
     for server in [&first, &second] {
         assert!(server.cmd_str(&["PING"]).unwrap().as_str() == Some("PONG"));
     }
-    println!("REDIS_PIDS={},{}", first.pid(), second.pid());
+    println!(
+        "REDIS_SERVERS={},{};{},{}",
+        first.pid(),
+        first.dir().display(),
+        second.pid(),
+        second.dir().display()
+    );
     // Block until the parent kills us (stdin never closes before that).
     let _ = std::io::stdin().lines().count();
 }
@@ -129,8 +167,8 @@ fn run_start_helper(version: RedisVersion, env: &[(&str, &str)]) -> (bool, Strin
         cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 

@@ -53,7 +53,9 @@ fn lifecycle(version: RedisVersion) -> Result<(), HarnessError> {
     assert_eq!(config_get(&server, "save")?, "");
     assert_eq!(config_get(&server, "appendonly")?, "no");
     assert_eq!(
-        Path::new(&config_get(&server, "dir")?).canonicalize().unwrap(),
+        Path::new(&config_get(&server, "dir")?)
+            .canonicalize()
+            .unwrap(),
         server.dir().canonicalize().unwrap()
     );
     assert_eq!(server.info_stat("sync_full")?, 0);
@@ -176,6 +178,10 @@ fn bad_config_fails_with_the_server_log() {
     let text = err.to_string();
     assert!(matches!(err, HarnessError::StartFailed { .. }), "{text}");
     assert!(text.contains("no-such-directive"), "{text}");
+    // A failed start keeps its directory for inspection; this failure was wanted.
+    if let HarnessError::StartFailed { dir, .. } = err {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
 
 #[test]
