@@ -5,6 +5,8 @@
 //! The binaries are the ones `cargo build --bins` leaves in the target directory; the
 //! README's test command builds them before running the tests.
 
+pub mod sync;
+
 use std::{
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
