@@ -27,8 +27,7 @@ pub use model::{
 };
 pub use parser::RdbParser;
 
-use reader::{Reader, Stop};
-use value::ValueMachine;
+use bytes::Bytes;
 
 /// Decodes a whole value from a DUMP body (type byte + serialised value, the trailer
 /// already removed by [`dump::unframe`]). `rdb_version` is the version the body was written
@@ -44,31 +43,9 @@ pub fn decode_value(dump_body: &[u8], rdb_version: u32, valkey: bool) -> Result<
         });
     };
     let valkey = valkey || rdb_version >= 80;
-    // The body is all there: no string is read piecewise, and a length claiming more than
-    // the body holds ends as truncation before anything is allocated for it, so no other
-    // limit is needed.
-    let mut m = ValueMachine::new(rdb_type, valkey, 0, u64::MAX, u64::MAX)?;
-    let mut r = Reader::new(body, 1);
-    loop {
-        let unit_start = r.pos();
-        match m.step(&mut r) {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(Stop::More) => {
-                r.rewind(unit_start);
-                return Err(RdbError::Truncated {
-                    offset: r.offset(),
-                    context: m.context(),
-                });
-            }
-            Err(Stop::Fail(e)) => return Err(e),
-        }
-    }
-    if r.remaining() > 0 {
-        return Err(RdbError::TrailingBytes {
-            offset: r.offset(),
-            trailing: r.remaining(),
-        });
-    }
-    Ok(m.finish())
+    // One copy, so that the value's strings can all be slices of it.
+    let data = Bytes::copy_from_slice(body);
+    // The body is all there: a length claiming more than it holds ends as truncation
+    // before anything is allocated for it, so no other limit is needed.
+    value::decode_whole(rdb_type, valkey, &data, 1, u64::MAX).map(|(v, _)| v)
 }

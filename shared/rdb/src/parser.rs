@@ -1,4 +1,24 @@
 //! The incremental RDB parser.
+//!
+//! Input is appended to one buffer and parsed a unit at a time (see [`crate::reader`]);
+//! consumed bytes are dropped in slices, after being folded into the running CRC-64.
+//!
+//! A key is first only *walked*: its value is followed to its end without decoding it,
+//! while its bytes stay in the buffer. Most keys are small; when one ends within
+//! [`ParserOptions::chunk_threshold_bytes`], its bytes are copied once into `dump_body`
+//! and the value is decoded from that copy, every string in it a zero-copy slice of the
+//! body. When a key grows past the threshold (or is a string longer than it), the walked
+//! prefix, still in the buffer, is decoded once to become the first chunk, and from then
+//! on the value is decoded as it arrives and leaves as chunks; its bytes are no longer kept.
+//! Each chunk is held back until the next one exists, so that the final one can carry
+//! `last`.
+//!
+//! What is still held whole, by nature of the format: one collection element, one encoded
+//! node (a ziplist, listpack, intset or zipmap is decoded in one piece; Redis keeps them a
+//! few KiB by default), the compressed form of an LZF string being streamed (LZF cannot be
+//! decoded in parts), a module value (it can only travel whole, through `RESTORE`), and a
+//! stream's consumer groups (they ride on its last chunk). All but the groups are bounded
+//! by [`ParserOptions::max_string_len`].
 
 use std::collections::VecDeque;
 
@@ -9,7 +29,7 @@ use crate::error::RdbError;
 use crate::model::{AuxFields, Item, KeyChunk, KeyRecord, ParserOptions, module_type_name};
 use crate::reader::{PResult, Reader, Stop};
 use crate::types as t;
-use crate::value::{ValueMachine, module_step};
+use crate::value::{ValueMachine, decode_whole, module_step, resume_decoding};
 
 /// Newest `REDIS`-magic version understood (Redis 7.4+ writes 12).
 const MAX_REDIS_VERSION: u32 = 12;
@@ -116,7 +136,10 @@ impl RdbParser {
     /// [`RdbParser::trailing_bytes`]) and dropped: a diskless transfer's `$EOF:` mark, for
     /// one, is the caller's to check.
     pub fn feed(&mut self, data: &[u8]) {
-        if matches!(self.state, State::Done) || self.failed.is_some() {
+        if self.failed.is_some() {
+            return;
+        }
+        if matches!(self.state, State::Done) {
             self.trailing += data.len() as u64;
             return;
         }
@@ -410,6 +433,18 @@ impl RdbParser {
         } else if !ctx.chunked
             && (ctx.machine.streaming() || value_bytes > self.opts.chunk_threshold_bytes)
         {
+            // The key is big: decode what was walked so far (at most the threshold plus
+            // one unit, still in the buffer) so its first elements become its first chunk,
+            // and decode the rest as it arrives.
+            let s = (ctx.value_start - self.base) as usize;
+            ctx.machine = resume_decoding(
+                ctx.rdb_type,
+                self.valkey,
+                &self.buf[s..self.idx()],
+                ctx.value_start,
+                self.opts.max_string_len,
+                self.opts.chunk_threshold_bytes,
+            )?;
             ctx.chunked = true;
         }
         if ctx.chunked {
@@ -427,18 +462,26 @@ impl RdbParser {
             }
             return Ok(true);
         }
-        if ctx.machine.is_empty_key() {
-            // Redis skips empty collections on load (old servers could save them).
-            return Ok(true);
-        }
         let s = (ctx.value_start - self.base) as usize;
         let e = self.idx();
         // The RDB has the key between the type byte and the value; DUMP has not, so the
-        // body is assembled: one copy of at most the chunk threshold.
+        // body is assembled: one copy of at most the chunk threshold. The value is then
+        // decoded from it, its strings being slices of the body.
         let mut body = Vec::with_capacity(1 + e - s);
         body.push(ctx.rdb_type);
         body.extend_from_slice(&self.buf[s..e]);
-        let value = ctx.machine.finish();
+        let body = Bytes::from(body);
+        let (value, empty) = decode_whole(
+            ctx.rdb_type,
+            self.valkey,
+            &body.slice(1..),
+            ctx.value_start,
+            self.opts.max_string_len,
+        )?;
+        if empty {
+            // Redis skips empty collections on load (old servers could save them).
+            return Ok(true);
+        }
         self.out.push_back(Item::Key(KeyRecord {
             db: ctx.db,
             key: ctx.key,
@@ -447,7 +490,7 @@ impl RdbParser {
             freq: ctx.freq,
             rdb_type: ctx.rdb_type,
             value,
-            dump_body: Bytes::from(body),
+            dump_body: body,
         }));
         Ok(true)
     }
@@ -538,8 +581,16 @@ fn parse_top(r: &mut Reader<'_>, p: &RdbParser) -> PResult<Top> {
         rdb_type => {
             // Checked before the key is read, so an unknown type is reported at its own
             // offset even when the input stops right after it.
-            let machine =
-                ValueMachine::new(rdb_type, p.valkey, at, max, p.opts.chunk_threshold_bytes)?;
+            // A walking machine: most keys are small and are decoded once complete, from
+            // their dump body, so that their strings are slices of it rather than copies.
+            let machine = ValueMachine::new(
+                rdb_type,
+                p.valkey,
+                at,
+                max,
+                p.opts.chunk_threshold_bytes,
+                false,
+            )?;
             let key = r.string(max)?;
             Top::Key(rdb_type, key, machine)
         }

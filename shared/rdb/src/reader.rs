@@ -45,14 +45,72 @@ const LZF_MAX_RATIO: u64 = 88;
 
 pub(crate) struct Reader<'a> {
     buf: &'a [u8],
+    /// When the input is a `Bytes` (a complete DUMP body), strings are handed out as
+    /// slices of it instead of copies.
+    backing: Option<&'a Bytes>,
     pos: usize,
     base: u64,
+}
+
+/// A string read for a decoder: borrowed from the input, or shared (a slice of the backing
+/// `Bytes`, or the owned result of decompression) so that the decoder's elements can be
+/// handed out without copying.
+pub(crate) enum Data<'a> {
+    Slice(&'a [u8]),
+    Shared(Bytes),
+}
+
+impl Data<'_> {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Data::Slice(s) => s,
+            Data::Shared(b) => b,
+        }
+    }
+
+    /// `part` as `Bytes`: a zero-copy slice when `part` lies inside shared data (it does
+    /// for everything a decoder returns), a copy otherwise. Never panics, unlike
+    /// `Bytes::slice_ref`, whatever `part` is.
+    pub(crate) fn sub(&self, part: &[u8]) -> Bytes {
+        if let Data::Shared(b) = self {
+            let start = (part.as_ptr() as usize).wrapping_sub(b.as_ptr() as usize);
+            if start <= b.len() && part.len() <= b.len() - start {
+                return b.slice(start..start + part.len());
+            }
+        }
+        Bytes::copy_from_slice(part)
+    }
 }
 
 impl<'a> Reader<'a> {
     /// `base` is the absolute offset of `buf[0]`, used only to name offsets in errors.
     pub(crate) fn new(buf: &'a [u8], base: u64) -> Self {
-        Reader { buf, pos: 0, base }
+        Reader {
+            buf,
+            backing: None,
+            pos: 0,
+            base,
+        }
+    }
+
+    /// A reader whose strings are zero-copy slices of `data`.
+    pub(crate) fn shared(data: &'a Bytes, base: u64) -> Self {
+        Reader {
+            buf: data,
+            backing: Some(data),
+            pos: 0,
+            base,
+        }
+    }
+
+    /// `n` bytes as `Bytes`: a slice of the backing when there is one, else a copy.
+    pub(crate) fn bytes(&mut self, n: usize) -> PResult<Bytes> {
+        let start = self.pos;
+        let s = self.take(n)?;
+        Ok(match self.backing {
+            Some(b) => b.slice(start..start + n),
+            None => Bytes::copy_from_slice(s),
+        })
     }
 
     pub(crate) fn pos(&self) -> usize {
@@ -155,24 +213,24 @@ impl<'a> Reader<'a> {
         match self.length()? {
             Length::Len(n) => {
                 let n = check_len(at, "string", n, max)?;
-                Ok(Bytes::copy_from_slice(self.take(n)?))
+                self.bytes(n)
             }
             Length::Encoded(enc) => self.encoded_string(at, enc, max),
         }
     }
 
-    /// A string that is only needed as bytes to hand to a decoder: borrowed when raw,
-    /// owned when it had to be decompressed or was an integer.
-    pub(crate) fn blob(&mut self, max: u64) -> PResult<std::borrow::Cow<'a, [u8]>> {
+    /// A string that is only needed as bytes to hand to a decoder.
+    pub(crate) fn blob(&mut self, max: u64) -> PResult<Data<'a>> {
         let at = self.offset();
         match self.length()? {
             Length::Len(n) => {
                 let n = check_len(at, "string", n, max)?;
-                Ok(std::borrow::Cow::Borrowed(self.take(n)?))
+                if self.backing.is_some() {
+                    return Ok(Data::Shared(self.bytes(n)?));
+                }
+                Ok(Data::Slice(self.take(n)?))
             }
-            Length::Encoded(enc) => Ok(std::borrow::Cow::Owned(
-                self.encoded_string(at, enc, max)?.to_vec(),
-            )),
+            Length::Encoded(enc) => Ok(Data::Shared(self.encoded_string(at, enc, max)?)),
         }
     }
 
@@ -242,6 +300,15 @@ impl<'a> Reader<'a> {
                 }
                 .into());
             }
+        }
+        Ok(())
+    }
+
+    /// Skips a type-3 score (checked when the value is decoded).
+    pub(crate) fn skip_text_double(&mut self) -> PResult<()> {
+        let n = self.u8()?;
+        if n < 253 {
+            self.take(usize::from(n))?;
         }
         Ok(())
     }

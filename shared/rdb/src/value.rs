@@ -6,9 +6,14 @@
 //! the machine's state is always "between units" and a big key never has to be parsed
 //! again from its start. Decoded elements collect in an accumulator that the parser drains
 //! as chunk parts once it knows the key is big, or takes whole when the value ends.
+//!
+//! A machine built with `decode = false` only walks: it checks the framing and finds the
+//! end of each unit without decoding strings or encoded nodes. The parser walks every key
+//! first and decodes small ones once, from their complete `dump_body` ([`decode_whole`]);
+//! walking and decoding split a value into the same units, which is what lets
+//! [`resume_decoding`] pick up a walk that turned out to be a big key.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 
@@ -18,7 +23,7 @@ use crate::model::{
     HashField, Stream, StreamConsumer, StreamEntry, StreamGroup, StreamId, StreamMeta,
     StreamPendingEntry, Value, module_type_name,
 };
-use crate::reader::{PResult, Reader, check_len, lzf_decompress};
+use crate::reader::{Data, Length, PResult, Reader, Stop, check_len, lzf_decompress};
 use crate::types as t;
 
 /// Largest field expire time Redis accepts (`EB_EXPIRE_TIME_MAX`, 2^48 - 1 ms).
@@ -132,6 +137,9 @@ struct StreamState {
 pub(crate) struct ValueMachine {
     kind: Kind,
     phase: Phase,
+    /// False: only find the value's end (and check its framing); its elements are decoded
+    /// later, once, from the complete bytes (see the module documentation of `parser`).
+    decode: bool,
     /// Decoded elements not yet handed out.
     acc: Value,
     /// Approximate payload bytes in `acc`, to cut chunks by size as well as by count.
@@ -141,7 +149,13 @@ pub(crate) struct ValueMachine {
     max: u64,
     /// A string value longer than this is read piecewise into `str_buf` instead of whole.
     stream_above: u64,
+    /// Bytes of a string being read piecewise, not yet handed out (at most about a part).
     str_buf: Vec<u8>,
+    /// A whole string (decompressed, or read at once) being cut into parts; `Bytes` so
+    /// that cutting is O(1) per part whatever its size.
+    str_whole: Bytes,
+    /// Parts cut and waiting to be handed out.
+    ready: VecDeque<Value>,
     streaming: bool,
     min_expire: u64,
     stream: Option<Box<StreamState>>,
@@ -150,13 +164,15 @@ pub(crate) struct ValueMachine {
 
 impl ValueMachine {
     /// `at` is the offset of the type byte (for errors). `stream_above` is the size above
-    /// which a string value is consumed piecewise (`u64::MAX`: never).
+    /// which a string value is consumed piecewise (`u64::MAX`: never). `decode` false
+    /// makes a machine that only walks the value to its end.
     pub(crate) fn new(
         rdb_type: u8,
         valkey: bool,
         at: u64,
         max: u64,
         stream_above: u64,
+        decode: bool,
     ) -> Result<Self, RdbError> {
         let kind = match rdb_type {
             t::STRING => Kind::String,
@@ -219,12 +235,15 @@ impl ValueMachine {
         Ok(ValueMachine {
             kind,
             phase: Phase::Start,
+            decode,
             acc,
             acc_bytes: 0,
             produced: 0,
             max,
             stream_above,
             str_buf: Vec::new(),
+            str_whole: Bytes::new(),
+            ready: VecDeque::new(),
             streaming: false,
             min_expire: 0,
             stream: matches!(kind, Kind::Stream { .. }).then(Box::default),
@@ -307,7 +326,6 @@ impl ValueMachine {
     }
 
     fn start(&mut self, r: &mut Reader<'_>) -> PResult<bool> {
-        let at = r.offset();
         match self.kind {
             Kind::String => self.string_start(r),
             Kind::List
@@ -333,6 +351,10 @@ impl ValueMachine {
                     r.ms_time()?;
                 }
                 let data_at = r.offset();
+                if !self.decode {
+                    r.skip_string(self.max)?;
+                    return Ok(self.set_done());
+                }
                 let data = r.blob(self.max)?;
                 self.decode_blob(blob, data_at, &data)?;
                 Ok(self.set_done())
@@ -351,7 +373,6 @@ impl ValueMachine {
                 let (name, ver) = module_type_name(id);
                 self.module = Some((name, ver));
                 self.phase = Phase::Module;
-                let _ = at;
                 Ok(false)
             }
         }
@@ -360,18 +381,22 @@ impl ValueMachine {
     fn string_start(&mut self, r: &mut Reader<'_>) -> PResult<bool> {
         let at = r.offset();
         match r.length()? {
-            crate::reader::Length::Len(n) => {
+            Length::Len(n) => {
                 let n_us = check_len(at, "string", n, self.max)?;
                 if n > self.stream_above {
                     self.streaming = true;
                     self.phase = Phase::StringRaw { remaining: n };
                     return Ok(false);
                 }
-                let s = r.take(n_us)?;
-                self.acc = Value::String(Bytes::copy_from_slice(s));
+                if !self.decode {
+                    r.take(n_us)?;
+                    return Ok(self.set_done());
+                }
+                let s = r.bytes(n_us)?;
+                self.acc = Value::String(s);
                 self.acc_bytes = n_us;
             }
-            crate::reader::Length::Encoded(3) => {
+            Length::Encoded(3) => {
                 let (clen, len) = r.lzf_header(at, self.max)?;
                 if clen as u64 > self.stream_above {
                     // Too big to wait for in the input buffer: collect the compressed bytes
@@ -386,11 +411,15 @@ impl ValueMachine {
                     return Ok(false);
                 }
                 let input = r.take(clen)?;
+                if !self.decode {
+                    return Ok(self.set_done());
+                }
                 let out = lzf_decompress(at, input, len, self.max)?;
                 self.acc_bytes = out.len();
                 self.acc = Value::String(Bytes::from(out));
             }
-            crate::reader::Length::Encoded(enc) => {
+            Length::Encoded(enc) => {
+                // An integer: a few bytes, decoded in either mode.
                 let v = r.encoded_string(at, enc, self.max)?;
                 self.acc_bytes = v.len();
                 self.acc = Value::String(v);
@@ -433,13 +462,51 @@ impl ValueMachine {
             return Ok(false);
         }
         let out = lzf_decompress(*at, compressed, *len, self.max)?;
-        self.str_buf = out;
+        self.str_whole = Bytes::from(out);
         self.produced = 1;
         Ok(self.set_done())
     }
 
+    /// Walks one element without decoding it.
+    fn skip_element(&self, r: &mut Reader<'_>) -> PResult<()> {
+        let max = self.max;
+        match self.kind {
+            Kind::List | Kind::Set => r.skip_string(max)?,
+            Kind::ZSet { binary } => {
+                r.skip_string(max)?;
+                if binary {
+                    r.take(8)?;
+                } else {
+                    r.skip_text_double()?;
+                }
+            }
+            Kind::Hash | Kind::ValkeyHash2 | Kind::HashMeta { .. } => {
+                if let Kind::HashMeta { .. } = self.kind {
+                    r.len()?;
+                }
+                r.skip_string(max)?;
+                r.skip_string(max)?;
+                if self.kind == Kind::ValkeyHash2 {
+                    r.take(8)?;
+                }
+            }
+            Kind::Quicklist { v2 } => {
+                if v2 {
+                    r.len()?;
+                }
+                r.skip_string(max)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn element(&mut self, r: &mut Reader<'_>, remaining: u64) -> PResult<bool> {
         let max = self.max;
+        if !self.decode {
+            self.skip_element(r)?;
+            return Ok(self.counted(remaining - 1));
+        }
         match self.kind {
             Kind::List | Kind::Set => {
                 let s = r.string(max)?;
@@ -524,7 +591,7 @@ impl ValueMachine {
                 }
                 let data_at = r.offset();
                 let data = r.blob(max)?;
-                if data.is_empty() {
+                if data.as_slice().is_empty() {
                     return Err(RdbError::corrupt(data_at, "quicklist node", "empty node").into());
                 }
                 self.decode_quicklist_node(v2, container, data_at, data)?;
@@ -551,26 +618,31 @@ impl ValueMachine {
         v2: bool,
         container: u64,
         at: u64,
-        data: Cow<'_, [u8]>,
+        data: Data<'_>,
     ) -> Result<(), RdbError> {
         let Value::List(list) = &mut self.acc else {
             return Err(internal(at));
         };
         if container == QUICKLIST_PLAIN {
             // A plain node is one big list element stored as is.
-            self.acc_bytes += data.len();
-            list.push(Bytes::from(data.into_owned()));
+            let b = match data {
+                Data::Shared(b) => b,
+                Data::Slice(s) => Bytes::copy_from_slice(s),
+            };
+            self.acc_bytes += b.len();
+            list.push(b);
             self.produced += 1;
             return Ok(());
         }
+        let raw = data.as_slice();
         let elems = if v2 {
-            encoding::listpack::entries(&data).map_err(enc_err(at, "quicklist listpack node"))?
+            encoding::listpack::entries(raw).map_err(enc_err(at, "quicklist listpack node"))?
         } else {
-            encoding::ziplist::entries(&data).map_err(enc_err(at, "quicklist ziplist node"))?
+            encoding::ziplist::entries(raw).map_err(enc_err(at, "quicklist ziplist node"))?
         };
         // Empty nodes are skipped, as Redis does; a list of only empty nodes is an empty key.
         for e in &elems {
-            let b = e.to_bytes();
+            let b = elem(&data, e);
             self.acc_bytes += b.len();
             list.push(b);
         }
@@ -578,12 +650,13 @@ impl ValueMachine {
         Ok(())
     }
 
-    fn decode_blob(&mut self, blob: Blob, at: u64, data: &[u8]) -> Result<(), RdbError> {
+    fn decode_blob(&mut self, blob: Blob, at: u64, shared: &Data<'_>) -> Result<(), RdbError> {
+        let data = shared.as_slice();
         match blob {
             Blob::Zipmap => {
                 let pairs = encoding::zipmap::pairs(data).map_err(enc_err(at, "zipmap"))?;
                 for (f, v) in pairs {
-                    self.push_field(Bytes::copy_from_slice(f), Bytes::copy_from_slice(v), None);
+                    self.push_field(shared.sub(f), shared.sub(v), None);
                 }
             }
             Blob::ListZiplist | Blob::SetListpack => {
@@ -596,7 +669,7 @@ impl ValueMachine {
                     return Err(internal(at));
                 };
                 for e in &elems {
-                    let b = e.to_bytes();
+                    let b = elem(shared, e);
                     self.acc_bytes += b.len();
                     v.push(b);
                 }
@@ -633,7 +706,7 @@ impl ValueMachine {
                 for pair in elems.chunks_exact(2) {
                     let score = pair[1].to_f64().map_err(enc_err(at, "zset score"))?;
                     check_score(at, score)?;
-                    let m = pair[0].to_bytes();
+                    let m = elem(shared, &pair[0]);
                     self.acc_bytes += m.len() + 8;
                     v.push((m, score));
                 }
@@ -653,7 +726,7 @@ impl ValueMachine {
                     ));
                 }
                 for pair in elems.chunks_exact(2) {
-                    self.push_field(pair[0].to_bytes(), pair[1].to_bytes(), None);
+                    self.push_field(elem(shared, &pair[0]), elem(shared, &pair[1]), None);
                 }
             }
             Blob::HashListpackEx { .. } => {
@@ -682,7 +755,7 @@ impl ValueMachine {
                         ));
                     }
                     let expire = (ttl != 0).then_some(ttl);
-                    self.push_field(triple[0].to_bytes(), triple[1].to_bytes(), expire);
+                    self.push_field(elem(shared, &triple[0]), elem(shared, &triple[1]), expire);
                 }
             }
         }
@@ -694,25 +767,42 @@ impl ValueMachine {
     }
 
     fn stream_node(&mut self, r: &mut Reader<'_>, remaining: u64) -> PResult<bool> {
+        let next = if remaining > 1 {
+            Phase::StreamNodes {
+                remaining: remaining - 1,
+            }
+        } else {
+            Phase::StreamMeta
+        };
+        if !self.decode {
+            r.skip_string(self.max)?;
+            r.skip_string(self.max)?;
+            self.phase = next;
+            return Ok(false);
+        }
         let key_at = r.offset();
         let node_key = r.blob(self.max)?;
         let lp_at = r.offset();
         let lp = r.blob(self.max)?;
-        let Ok(raw) = <[u8; 16]>::try_from(&node_key[..]) else {
+        let Ok(raw) = <[u8; 16]>::try_from(node_key.as_slice()) else {
             return Err(RdbError::corrupt(
                 key_at,
                 "stream node",
-                format!("node key of {} bytes is not a 16-byte id", node_key.len()),
+                format!(
+                    "node key of {} bytes is not a 16-byte id",
+                    node_key.as_slice().len()
+                ),
             )
             .into());
         };
         let master = decode_raw_id(&raw);
-        let elems = encoding::listpack::entries(&lp).map_err(enc_err(lp_at, "stream listpack"))?;
+        let elems = encoding::listpack::entries(lp.as_slice())
+            .map_err(enc_err(lp_at, "stream listpack"))?;
         let Value::Stream(s) = &mut self.acc else {
             return Err(internal(key_at).into());
         };
         let before = s.entries.len();
-        let bytes = decode_stream_node(lp_at, master, &elems, &mut s.entries)?;
+        let bytes = decode_stream_node(lp_at, master, &lp, &elems, &mut s.entries)?;
         let added = s.entries.len() - before;
         let first = s.entries.get(before).map(|e| e.id);
         self.acc_bytes += bytes;
@@ -721,13 +811,7 @@ impl ValueMachine {
         if st.first_live.is_none() {
             st.first_live = first;
         }
-        self.phase = if remaining > 1 {
-            Phase::StreamNodes {
-                remaining: remaining - 1,
-            }
-        } else {
-            Phase::StreamMeta
-        };
+        self.phase = next;
         Ok(false)
     }
 
@@ -933,7 +1017,13 @@ impl ValueMachine {
             if let Value::String(s) = &mut self.acc
                 && !s.is_empty()
             {
-                self.str_buf = std::mem::take(s).to_vec();
+                self.str_whole = std::mem::take(s);
+            }
+            if self.str_whole.len() >= max_bytes {
+                return Some(Value::String(self.str_whole.split_to(max_bytes)));
+            }
+            if last && !self.str_whole.is_empty() {
+                return Some(Value::String(std::mem::take(&mut self.str_whole)));
             }
             if self.str_buf.len() >= max_bytes {
                 let rest = self.str_buf.split_off(max_bytes);
@@ -947,10 +1037,18 @@ impl ValueMachine {
             }
             return None;
         }
+        if let Some(p) = self.ready.pop_front() {
+            return Some(p);
+        }
         let n = self.acc.len();
-        if n >= max_elems || (self.acc_bytes >= max_bytes && n > 0) {
-            let take = n.min(max_elems);
-            return Some(self.take_front(take));
+        if n >= max_elems {
+            self.cut_parts(max_elems);
+            return self.ready.pop_front();
+        }
+        if self.acc_bytes >= max_bytes && n > 0 {
+            // Fewer elements than a part, but big ones: they go now, so that a part stays
+            // near the byte threshold too.
+            return Some(self.take_all());
         }
         if last {
             if let Some(st) = self.stream.as_mut() {
@@ -972,31 +1070,65 @@ impl ValueMachine {
                 })));
             }
             if n > 0 {
-                return Some(self.take_front(n));
+                return Some(self.take_all());
             }
         }
         None
     }
 
-    fn take_front(&mut self, n: usize) -> Value {
-        fn front<T>(v: &mut Vec<T>, n: usize) -> Vec<T> {
-            let rest = v.split_off(n.min(v.len()));
-            std::mem::replace(v, rest)
+    /// Moves every full part of `n` elements out of the accumulator into `ready`, leaving
+    /// the remainder (fewer than `n`). One pass over the elements, however many parts:
+    /// cutting them off the front one by one would move the rest each time.
+    fn cut_parts(&mut self, n: usize) {
+        fn cut<T>(v: &mut Vec<T>, n: usize) -> Vec<Vec<T>> {
+            let full = v.len() / n * n;
+            let rest = v.split_off(full);
+            let mut it = std::mem::replace(v, rest).into_iter();
+            let mut parts = Vec::with_capacity(full / n);
+            for _ in 0..full / n {
+                parts.push(it.by_ref().take(n).collect());
+            }
+            parts
         }
+        let parts: Vec<Value> = match &mut self.acc {
+            Value::List(v) => cut(v, n).into_iter().map(Value::List).collect(),
+            Value::Set(v) => cut(v, n).into_iter().map(Value::Set).collect(),
+            Value::ZSet(v) => cut(v, n).into_iter().map(Value::ZSet).collect(),
+            Value::Hash(v) => cut(v, n).into_iter().map(Value::Hash).collect(),
+            Value::Stream(s) => cut(&mut s.entries, n)
+                .into_iter()
+                .map(|entries| {
+                    Value::Stream(Box::new(Stream {
+                        entries,
+                        meta: None,
+                        groups: Vec::new(),
+                    }))
+                })
+                .collect(),
+            // Strings are cut through `str_buf`/`str_whole`; modules are never cut.
+            Value::String(_) | Value::Module { .. } => Vec::new(),
+        };
+        for p in parts {
+            self.acc_bytes = self.acc_bytes.saturating_sub(value_bytes(&p));
+            self.ready.push_back(p);
+        }
+    }
+
+    /// Everything in the accumulator as one part.
+    fn take_all(&mut self) -> Value {
         let part = match &mut self.acc {
-            Value::List(v) => Value::List(front(v, n)),
-            Value::Set(v) => Value::Set(front(v, n)),
-            Value::ZSet(v) => Value::ZSet(front(v, n)),
-            Value::Hash(v) => Value::Hash(front(v, n)),
+            Value::List(v) => Value::List(std::mem::take(v)),
+            Value::Set(v) => Value::Set(std::mem::take(v)),
+            Value::ZSet(v) => Value::ZSet(std::mem::take(v)),
+            Value::Hash(v) => Value::Hash(std::mem::take(v)),
             Value::Stream(s) => Value::Stream(Box::new(Stream {
-                entries: front(&mut s.entries, n),
+                entries: std::mem::take(&mut s.entries),
                 meta: None,
                 groups: Vec::new(),
             })),
-            // Strings are cut through `str_buf` and modules are never cut.
             Value::String(_) | Value::Module { .. } => Value::List(Vec::new()),
         };
-        self.acc_bytes = self.acc_bytes.saturating_sub(value_bytes(&part));
+        self.acc_bytes = 0;
         part
     }
 
@@ -1010,6 +1142,11 @@ impl ValueMachine {
             };
         }
         if self.kind == Kind::String && self.streaming {
+            // Not reached by the parser (a streamed string is always chunked); kept whole
+            // for completeness.
+            if !self.str_whole.is_empty() {
+                return Value::String(std::mem::take(&mut self.str_whole));
+            }
             return Value::String(Bytes::from(std::mem::take(&mut self.str_buf)));
         }
         let mut v = std::mem::replace(&mut self.acc, Value::List(Vec::new()));
@@ -1073,6 +1210,15 @@ fn decode_raw_id(raw: &[u8; 16]) -> StreamId {
     }
 }
 
+/// An element as `Bytes`: a slice of the shared blob when possible, the decimal text of
+/// an integer otherwise (that is how Redis returns it to clients).
+fn elem(data: &Data<'_>, e: &Element<'_>) -> Bytes {
+    match e {
+        Element::Bytes(b) => data.sub(b),
+        Element::Int(i) => Bytes::from(i.to_string()),
+    }
+}
+
 /// Integers inside listpacks are read the way Redis's `string2ll` reads them.
 fn element_int(e: &Element<'_>) -> Option<i64> {
     e.to_i64()
@@ -1085,6 +1231,7 @@ fn element_int(e: &Element<'_>) -> Option<i64> {
 fn decode_stream_node(
     at: u64,
     master: StreamId,
+    data: &Data<'_>,
     elems: &[Element<'_>],
     out: &mut Vec<StreamEntry>,
 ) -> Result<usize, RdbError> {
@@ -1118,7 +1265,7 @@ fn decode_stream_node(
     }
     let mut master_fields = Vec::with_capacity(nfields_us);
     for _ in 0..nfields_us {
-        master_fields.push(take(&mut pos, "a master field")?.to_bytes());
+        master_fields.push(elem(data, take(&mut pos, "a master field")?));
     }
     if take_int(&mut pos, "the master terminator")? != 0 {
         return Err(bad("master entry not terminated by 0"));
@@ -1140,7 +1287,7 @@ fn decode_stream_node(
         let mut fields = Vec::new();
         let expected_lp_count = if same {
             for f in &master_fields {
-                let v = take(&mut pos, "an entry value")?.to_bytes();
+                let v = elem(data, take(&mut pos, "an entry value")?);
                 bytes += f.len() + v.len();
                 fields.push((f.clone(), v));
             }
@@ -1153,8 +1300,8 @@ fn decode_stream_node(
                 return Err(bad("entry field count exceeds the node"));
             }
             for _ in 0..n_us {
-                let f = take(&mut pos, "an entry field")?.to_bytes();
-                let v = take(&mut pos, "an entry value")?.to_bytes();
+                let f = elem(data, take(&mut pos, "an entry field")?);
+                let v = elem(data, take(&mut pos, "an entry value")?);
                 bytes += f.len() + v.len();
                 fields.push((f, v));
             }
@@ -1223,4 +1370,81 @@ fn internal(at: u64) -> RdbError {
         "value",
         "internal error: accumulator does not match the type",
     )
+}
+
+/// Decodes a complete value (`data` = the serialisation after the type byte, whose first
+/// byte is at offset `base`), handing out its strings as slices of `data`. Returns the
+/// value and whether it is an empty collection.
+pub(crate) fn decode_whole(
+    rdb_type: u8,
+    valkey: bool,
+    data: &Bytes,
+    base: u64,
+    max: u64,
+) -> Result<(Value, bool), RdbError> {
+    let mut m = ValueMachine::new(
+        rdb_type,
+        valkey,
+        base.saturating_sub(1),
+        max,
+        u64::MAX,
+        true,
+    )?;
+    let mut r = Reader::shared(data, base);
+    loop {
+        let unit_start = r.pos();
+        match m.step(&mut r) {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(Stop::More) => {
+                r.rewind(unit_start);
+                return Err(RdbError::Truncated {
+                    offset: r.offset(),
+                    context: m.context(),
+                });
+            }
+            Err(Stop::Fail(e)) => return Err(e),
+        }
+    }
+    if r.remaining() > 0 {
+        return Err(RdbError::TrailingBytes {
+            offset: r.offset(),
+            trailing: r.remaining(),
+        });
+    }
+    let empty = m.is_empty_key();
+    Ok((m.finish(), empty))
+}
+
+/// A decoding machine positioned after `region`, the bytes a walking machine (decode =
+/// false) has already consumed: used when a key turns out big and its first elements must
+/// become its first chunk. The walk ended on a unit boundary, so replaying it unit by unit
+/// ends exactly at the end of `region`.
+pub(crate) fn resume_decoding(
+    rdb_type: u8,
+    valkey: bool,
+    region: &[u8],
+    base: u64,
+    max: u64,
+    stream_above: u64,
+) -> Result<ValueMachine, RdbError> {
+    let mut m = ValueMachine::new(
+        rdb_type,
+        valkey,
+        base.saturating_sub(1),
+        max,
+        stream_above,
+        true,
+    )?;
+    let mut r = Reader::new(region, base);
+    while r.remaining() > 0 {
+        let at = r.offset();
+        match m.step(&mut r) {
+            Ok(true) if r.remaining() > 0 => return Err(internal(at)),
+            Ok(_) => {}
+            Err(Stop::More) => return Err(internal(at)),
+            Err(Stop::Fail(e)) => return Err(e),
+        }
+    }
+    Ok(m)
 }

@@ -77,8 +77,16 @@ fn mutate(data: &[u8], flips: &[(usize, u8)]) -> Vec<u8> {
     d
 }
 
+/// Cases per fuzz property: 400 by default, more with `RDB_FUZZ_CASES=n` for a long run.
+fn fuzz_cases() -> u32 {
+    std::env::var("RDB_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: fuzz_cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn flipped_bytes_never_panic(
