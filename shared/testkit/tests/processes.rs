@@ -1,8 +1,7 @@
 //! No stray processes: servers die with a panicking test and with a killed test
 //! process. A missing binary fails the test with the command that installs it.
 //!
-//! Some tests re-run this test binary as a child process with a helper test selected
-//! (`#[ignore]`d helpers that do nothing unless `HELPER_ENV` is set), so that the
+//! Some tests run the `redis-sync-testkit-helper` binary as a child process, so that the
 //! environment override and process death can be exercised without touching the
 //! environment or the life of this process.
 
@@ -12,8 +11,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use redis_sync_testkit::{RedisServer, RedisVersion, server_binary, wait_until};
-
-const HELPER_ENV: &str = "REDIS_SYNC_TESTKIT_HELPER";
 
 /// Alive = `/proc/<pid>` exists and is not a zombie (an orphan is reaped by init,
 /// which in some containers never happens).
@@ -26,17 +23,10 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-/// This test binary, running only the helper test `name`.
-fn helper(name: &str, mode: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        name,
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(HELPER_ENV, mode);
+/// The helper binary in `mode` ("hold", or "start <label>").
+fn helper(mode: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_redis-sync-testkit-helper"));
+    cmd.args(mode);
     cmd
 }
 
@@ -61,7 +51,7 @@ fn drop_kills_the_server_when_the_test_panics() {
 
 #[test]
 fn servers_die_with_the_test_process() {
-    let mut child = helper("helper_hold_servers", "hold")
+    let mut child = helper(&["hold"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -73,7 +63,6 @@ fn servers_die_with_the_test_process() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in stdout.lines().map_while(Result::ok) {
-            // libtest prints `test helper_hold_servers ... ` on the same line.
             if let Some((_, list)) = line.split_once("REDIS_SERVERS=") {
                 let servers: Vec<(u32, PathBuf)> = list
                     .split(';')
@@ -116,53 +105,8 @@ fn servers_die_with_the_test_process() {
     }
 }
 
-/// Starts two servers, one from a thread that ends at once (death signals follow the
-/// forking thread, so this checks the harness forks from a long-lived one), prints
-/// their pids and blocks until killed.
-#[test]
-#[ignore = "helper: run by servers_die_with_the_test_process"]
-fn helper_hold_servers() {
-    if std::env::var(HELPER_ENV).as_deref() != Ok("hold") {
-        return;
-    }
-    let first = RedisServer::start(RedisVersion::V7_0).unwrap_or_else(|e| panic!("{e}"));
-    let second = std::thread::spawn(|| RedisServer::start(RedisVersion::V2_8))
-        .join()
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}"));
-    // Both still up after the starting thread is gone.
-    for server in [&first, &second] {
-        assert!(server.cmd_str(&["PING"]).unwrap().as_str() == Some("PONG"));
-    }
-    println!(
-        "REDIS_SERVERS={},{};{},{}",
-        first.pid(),
-        first.dir().display(),
-        second.pid(),
-        second.dir().display()
-    );
-    // Block until the parent kills us (stdin never closes before that).
-    let _ = std::io::stdin().lines().count();
-}
-
-/// Starts the version named after `start:` in `HELPER_ENV`; fails like any test
-/// would when the binary is missing.
-#[test]
-#[ignore = "helper: run by missing_binary_fails_with_install_hint"]
-fn helper_start() {
-    let Ok(mode) = std::env::var(HELPER_ENV) else {
-        return;
-    };
-    let Some(label) = mode.strip_prefix("start:") else {
-        return;
-    };
-    let version = RedisVersion::from_label(label).unwrap();
-    let server = RedisServer::start(version).unwrap_or_else(|e| panic!("{e}"));
-    drop(server);
-}
-
 fn run_start_helper(version: RedisVersion, env: &[(&str, &str)]) -> (bool, String) {
-    let mut cmd = helper("helper_start", &format!("start:{version}"));
+    let mut cmd = helper(&["start", version.label()]);
     for (k, v) in env {
         cmd.env(k, v);
     }
