@@ -15,14 +15,18 @@ pub struct RequireToken {
 impl std::fmt::Debug for RequireToken {
     // Never print the token.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequireToken").field("enabled", &self.expected.is_some()).finish()
+        f.debug_struct("RequireToken")
+            .field("enabled", &self.expected.is_some())
+            .finish()
     }
 }
 
 impl RequireToken {
     /// Requires `token` when it is `Some`.
     pub fn new(token: Option<&str>) -> Self {
-        Self { expected: token.map(|t| Arc::from(t.as_bytes())) }
+        Self {
+            expected: token.map(|t| Arc::from(t.as_bytes())),
+        }
     }
 }
 
@@ -38,7 +42,9 @@ fn constant_time_eq(expected: &[u8], given: &[u8]) -> bool {
 
 impl Interceptor for RequireToken {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.expected else { return Ok(request) };
+        let Some(expected) = &self.expected else {
+            return Ok(request);
+        };
         let given = request
             .metadata()
             .get("authorization")
@@ -47,7 +53,11 @@ impl Interceptor for RequireToken {
         // The scheme is case-insensitive (RFC 7235).
         let token = match given.get(..7) {
             Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => &given[7..],
-            _ => return Err(Status::unauthenticated("authorization must be \"Bearer <token>\"")),
+            _ => {
+                return Err(Status::unauthenticated(
+                    "authorization must be \"Bearer <token>\"",
+                ));
+            }
         };
         if constant_time_eq(expected, token) {
             Ok(request)
@@ -64,9 +74,13 @@ mod tests {
     fn call(token: Option<&str>, header: Option<&str>) -> Result<(), tonic::Code> {
         let mut req = Request::new(());
         if let Some(h) = header {
-            req.metadata_mut().insert("authorization", h.parse().unwrap());
+            req.metadata_mut()
+                .insert("authorization", h.parse().unwrap());
         }
-        RequireToken::new(token).call(req).map(|_| ()).map_err(|s| s.code())
+        RequireToken::new(token)
+            .call(req)
+            .map(|_| ())
+            .map_err(|s| s.code())
     }
 
     #[test]
@@ -74,9 +88,18 @@ mod tests {
         let t = Some("0123456789abcdef");
         assert_eq!(call(None, None), Ok(()));
         assert_eq!(call(t, None), Err(tonic::Code::Unauthenticated));
-        assert_eq!(call(t, Some("Bearer 0123456789abcdeX")), Err(tonic::Code::Unauthenticated));
-        assert_eq!(call(t, Some("Bearer 0123456789abcdef0")), Err(tonic::Code::Unauthenticated));
-        assert_eq!(call(t, Some("Basic 0123456789abcdef")), Err(tonic::Code::Unauthenticated));
+        assert_eq!(
+            call(t, Some("Bearer 0123456789abcdeX")),
+            Err(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            call(t, Some("Bearer 0123456789abcdef0")),
+            Err(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(
+            call(t, Some("Basic 0123456789abcdef")),
+            Err(tonic::Code::Unauthenticated)
+        );
         assert_eq!(call(t, Some("Bearer 0123456789abcdef")), Ok(()));
         assert_eq!(call(t, Some("bearer 0123456789abcdef")), Ok(()));
         assert!(!format!("{:?}", RequireToken::new(t)).contains("0123"));

@@ -2,9 +2,10 @@
 //! MULTI/EXEC as the writes it covers.
 //!
 //! Standalone destination: one hash `redis-sync:checkpoint:<task_id>` in db 0, one field
-//! per source shard. Cluster destination: one such hash per master,
-//! `redis-sync:checkpoint:{<tag>}:<task_id>`, with a hash tag that puts it in a slot
-//! the master owns, so each master's MULTI can carry that master's own checkpoint.
+//! per source shard, written in every MULTI. Cluster destination (where a MULTI may only
+//! touch one slot): the same hash as the *global* checkpoint, plus one hash per slot
+//! written to, `redis-sync:checkpoint:{<tag>}:<task_id>`, whose hash tag puts it in that
+//! slot so the slot's MULTI can carry it (see `writer` for how the two combine).
 //!
 //! The value is a short text line so an operator can read it with `HGETALL`:
 //! `1|<seq>|<offset>|<db>|<in_snapshot>|<snapshot_records>|<rdb_version>|<flags>|<replid>`.
@@ -42,8 +43,8 @@ pub fn standalone_key(task_id: &str) -> String {
     format!("{KEY_PREFIX}{task_id}")
 }
 
-/// The checkpoint key of one cluster master, whose slot is that of `tag`.
-pub fn cluster_key(tag: &str, task_id: &str) -> String {
+/// The checkpoint key of one slot of a cluster destination (`tag` hashes to the slot).
+pub fn slot_key(tag: &str, task_id: &str) -> String {
     format!("{KEY_PREFIX}{{{tag}}}:{task_id}")
 }
 
@@ -91,14 +92,31 @@ impl Checkpoint {
         let text = std::str::from_utf8(raw).map_err(|_| bad("not UTF-8"))?;
         // The replid is last and never contains '|', so splitting into 9 parts is exact.
         let parts: Vec<&str> = text.splitn(9, '|').collect();
-        let [version, seq, offset, db, in_snapshot, records, rdb_version, flags, replid] = parts[..] else {
+        let [
+            version,
+            seq,
+            offset,
+            db,
+            in_snapshot,
+            records,
+            rdb_version,
+            flags,
+            replid,
+        ] = parts[..]
+        else {
             return Err(bad("wrong number of fields"));
         };
         if version != "1" {
             return Err(bad("unknown format version"));
         }
-        let num = |s: &str| s.parse::<u64>().map_err(|_| bad("a number field does not parse"));
-        let small = |s: &str| s.parse::<u32>().map_err(|_| bad("a number field does not parse"));
+        let num = |s: &str| {
+            s.parse::<u64>()
+                .map_err(|_| bad("a number field does not parse"))
+        };
+        let small = |s: &str| {
+            s.parse::<u32>()
+                .map_err(|_| bad("a number field does not parse"))
+        };
         let in_snapshot = match in_snapshot {
             "0" => false,
             "1" => true,
@@ -140,7 +158,10 @@ pub fn compare(a: &Position, b: &Position) -> Option<Ordering> {
 
 /// True when the event ending at `event` is already applied under checkpoint `applied`.
 pub fn covers(applied: &Position, event: &Position) -> bool {
-    matches!(compare(event, applied), Some(Ordering::Less | Ordering::Equal))
+    matches!(
+        compare(event, applied),
+        Some(Ordering::Less | Ordering::Equal)
+    )
 }
 
 #[cfg(test)]
@@ -148,16 +169,33 @@ mod tests {
     use super::*;
 
     fn pos(replid: &str, offset: u64, in_snapshot: bool, records: u64) -> Position {
-        Position { replid: replid.into(), offset, db: 0, in_snapshot, snapshot_records: records }
+        Position {
+            replid: replid.into(),
+            offset,
+            db: 0,
+            in_snapshot,
+            snapshot_records: records,
+        }
     }
 
     #[test]
     fn round_trip_and_errors() {
-        let c = Checkpoint { seq: 7, position: pos("abc", 42, true, 3), rdb_version: 10, resnapshot: true };
+        let c = Checkpoint {
+            seq: 7,
+            position: pos("abc", 42, true, 3),
+            rdb_version: 10,
+            resnapshot: true,
+        };
         let text = c.encode();
         assert_eq!(text, "1|7|42|0|1|3|10|1|abc");
         assert_eq!(Checkpoint::decode("k", "f", text.as_bytes()), Ok(c));
-        for bad in [&b"2|1|1|1|1|1|1|1|x"[..], b"1|x|1|1|1|1|1|1|r", b"1|1|1", b"1|1|1|1|7|1|1|1|r", b"\xff"] {
+        for bad in [
+            &b"2|1|1|1|1|1|1|1|x"[..],
+            b"1|x|1|1|1|1|1|1|r",
+            b"1|1|1",
+            b"1|1|1|1|7|1|1|1|r",
+            b"\xff",
+        ] {
             assert!(Checkpoint::decode("k", "f", bad).is_err(), "{bad:?}");
         }
     }

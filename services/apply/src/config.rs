@@ -6,16 +6,28 @@ use redis_sync_service::{CommonArgs, CommonConfig, ConfigError};
 
 /// Command line of `redis-sync-apply`. Every flag also reads an environment variable.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "redis-sync-apply", version, about = "Task control plane and writer towards a destination Redis")]
+#[command(
+    name = "redis-sync-apply",
+    version,
+    about = "Task control plane and writer towards a destination Redis"
+)]
 pub struct ApplyArgs {
     /// Flags shared with ingest.
     #[command(flatten)]
     pub common: CommonArgs,
     /// File of the embedded task store (created when missing, readable by its owner only).
-    #[arg(long, env = "REDIS_SYNC_STORE_PATH", default_value = "./redis-sync-apply.redb")]
+    #[arg(
+        long,
+        env = "REDIS_SYNC_STORE_PATH",
+        default_value = "./redis-sync-apply.redb"
+    )]
     pub store_path: PathBuf,
     /// Default ingest endpoint for tasks that name none, e.g. "http://127.0.0.1:50051".
-    #[arg(long, env = "REDIS_SYNC_INGEST_ENDPOINT", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "REDIS_SYNC_INGEST_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub ingest_endpoint: String,
     /// Bearer token that TaskService callers must send ("authorization: Bearer <token>");
     /// unset means no token is required.
@@ -66,11 +78,19 @@ pub fn validate_endpoint(setting: &'static str, endpoint: &str) -> Result<(), Co
     let rest = endpoint
         .strip_prefix("http://")
         .or_else(|| endpoint.strip_prefix("https://"))
-        .ok_or_else(|| ConfigError::new(setting, format!("{endpoint:?} must start with http:// or https://")))?;
+        .ok_or_else(|| {
+            ConfigError::new(
+                setting,
+                format!("{endpoint:?} must start with http:// or https://"),
+            )
+        })?;
     let hostport = rest.trim_end_matches('/');
     match hostport.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err(ConfigError::new(setting, format!("{endpoint:?} must name a host and a port"))),
+        _ => Err(ConfigError::new(
+            setting,
+            format!("{endpoint:?} must name a host and a port"),
+        )),
     }
 }
 
@@ -81,21 +101,30 @@ impl ApplyArgs {
             SocketAddr::from(([127, 0, 0, 1], 50052)),
             SocketAddr::from(([127, 0, 0, 1], 9465)),
         )?;
-        validate_endpoint("--ingest-endpoint (REDIS_SYNC_INGEST_ENDPOINT)", &self.ingest_endpoint)?;
+        validate_endpoint(
+            "--ingest-endpoint (REDIS_SYNC_INGEST_ENDPOINT)",
+            &self.ingest_endpoint,
+        )?;
         if self.store_path.as_os_str().is_empty() {
-            return Err(ConfigError::new("--store-path (REDIS_SYNC_STORE_PATH)", "must not be empty"));
+            return Err(ConfigError::new(
+                "--store-path (REDIS_SYNC_STORE_PATH)",
+                "must not be empty",
+            ));
         }
         for (setting, token) in [
             ("--api-token (REDIS_SYNC_API_TOKEN)", &self.api_token),
-            ("--ingest-token (REDIS_SYNC_INGEST_TOKEN)", &self.ingest_token),
+            (
+                "--ingest-token (REDIS_SYNC_INGEST_TOKEN)",
+                &self.ingest_token,
+            ),
         ] {
-            if let Some(t) = token {
-                if t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    return Err(ConfigError::new(
-                        setting,
-                        "must be at least 16 characters without spaces or control characters",
-                    ));
-                }
+            if let Some(t) = token
+                && (t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control()))
+            {
+                return Err(ConfigError::new(
+                    setting,
+                    "must be at least 16 characters without spaces or control characters",
+                ));
             }
         }
         let ca = self
@@ -106,8 +135,14 @@ impl ApplyArgs {
         let identity = match (&self.ingest_client_cert, &self.ingest_client_key) {
             (None, None) => None,
             (Some(c), Some(k)) => Some((
-                redis_sync_service::read_pem("--ingest-client-cert (REDIS_SYNC_INGEST_CLIENT_CERT)", c)?,
-                redis_sync_service::read_pem("--ingest-client-key (REDIS_SYNC_INGEST_CLIENT_KEY)", k)?,
+                redis_sync_service::read_pem(
+                    "--ingest-client-cert (REDIS_SYNC_INGEST_CLIENT_CERT)",
+                    c,
+                )?,
+                redis_sync_service::read_pem(
+                    "--ingest-client-key (REDIS_SYNC_INGEST_CLIENT_KEY)",
+                    k,
+                )?,
             )),
             _ => {
                 return Err(ConfigError::new(

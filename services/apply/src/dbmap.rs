@@ -42,7 +42,11 @@ impl DbMap {
             .filter(|(s, d)| s != d)
             .map(|(s, d)| (*s, *d))
             .collect();
-        Self { selected, mapping, cluster_destination }
+        Self {
+            selected,
+            mapping,
+            cluster_destination,
+        }
     }
 
     /// True when the task copies source database `db`.
@@ -57,7 +61,10 @@ impl DbMap {
         }
         let target = self.mapping.get(&db).copied().unwrap_or(db);
         if self.cluster_destination && target != 0 {
-            return Err(DbMapError::NotInCluster { source_db: db, target });
+            return Err(DbMapError::NotInCluster {
+                source_db: db,
+                target,
+            });
         }
         Ok(Some(target))
     }
@@ -110,7 +117,13 @@ mod tests {
         assert!(!c.identity_all());
         let bad = DbMap::new(&[], &HashMap::new(), true);
         assert_eq!(bad.target(0), Ok(Some(0)));
-        assert!(matches!(bad.target(3), Err(DbMapError::NotInCluster { source_db: 3, target: 3 })));
+        assert!(matches!(
+            bad.target(3),
+            Err(DbMapError::NotInCluster {
+                source_db: 3,
+                target: 3
+            })
+        ));
         assert_eq!(bad.targets(16), BTreeSet::from([0]));
     }
 }

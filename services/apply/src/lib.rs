@@ -6,23 +6,24 @@
 //! unit, and reports state and lag. It never talks to the source's replication
 //! protocol: that is ingest's job.
 
-// Control plane.
+// Control plane: tasks, their store and state machine, precheck, the gRPC API.
 pub mod auth;
-pub mod checkpoint;
 pub mod config;
-pub mod dbmap;
 pub mod manager;
 pub mod precheck;
 mod service;
 pub mod store;
 pub mod task;
 
-// Data path and shared plumbing.
+// Data path: runner, writer, checkpoint, routing, verification; connections.
+pub mod checkpoint;
+pub mod dbmap;
 pub mod endpoint;
 pub mod ingest_client;
 pub mod restore;
 pub mod router;
 pub mod runner;
+pub mod verify;
 pub mod writer;
 
 use std::{future::Future, sync::Arc};
@@ -98,7 +99,8 @@ impl Apply {
         manager.recover();
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<TaskServiceServer<TaskApi>>().await;
-        let (reflection_v1, reflection_v1alpha) = redis_sync_service::reflection("redis_sync.v1.TaskService");
+        let (reflection_v1, reflection_v1alpha) =
+            redis_sync_service::reflection("redis_sync.v1.TaskService");
         let tasks = TaskServiceServer::with_interceptor(
             TaskApi::new(manager.clone()),
             auth::RequireToken::new(config.api_token.as_deref()),

@@ -90,6 +90,9 @@ pub enum TaskError {
     /// The service is shutting down.
     #[error("apply is shutting down")]
     ShuttingDown,
+    /// A bug: an operation's task panicked.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl From<TaskError> for tonic::Status {
@@ -103,6 +106,10 @@ impl From<TaskError> for tonic::Status {
                 tonic::Status::internal(e.to_string())
             }
             TaskError::ShuttingDown => tonic::Status::unavailable(e.to_string()),
+            TaskError::Internal(_) => {
+                tracing::error!(error = %e, "task operation failed");
+                tonic::Status::internal(e.to_string())
+            }
         }
     }
 }
@@ -163,7 +170,9 @@ struct Live {
 
 impl Live {
     fn entry(&mut self, id: &str) -> &mut LiveTask {
-        self.tasks.entry(id.to_owned()).or_insert_with(LiveTask::new)
+        self.tasks
+            .entry(id.to_owned())
+            .or_insert_with(LiveTask::new)
     }
 }
 
@@ -208,7 +217,11 @@ impl Inner {
         ] {
             let name = state_name(s as i32).to_ascii_lowercase();
             self.metrics
-                .gauge("redis_sync_apply_tasks", "Tasks per state.", &[("state", &name)])
+                .gauge(
+                    "redis_sync_apply_tasks",
+                    "Tasks per state.",
+                    &[("state", &name)],
+                )
                 .set(counts.get(&(s as i32)).copied().unwrap_or(0));
         }
     }
@@ -250,6 +263,11 @@ impl Inner {
     fn spawn_runner(self: &Arc<Self>, id: &str, spec: TaskSpec) {
         let generation = {
             let mut live = self.live();
+            if live.shutting_down {
+                // The stored state says it runs, so the next start of apply resumes it.
+                tracing::info!(task_id = %id, "apply is shutting down: the runner starts with the next apply");
+                return;
+            }
             live.next_generation += 1;
             let generation = live.next_generation;
             let entry = live.entry(id);
@@ -257,7 +275,11 @@ impl Inner {
             entry.status = None;
             generation
         };
-        let observer = Arc::new(Observer { inner: Arc::downgrade(self), task_id: id.to_owned(), generation });
+        let observer = Arc::new(Observer {
+            inner: Arc::downgrade(self),
+            task_id: id.to_owned(),
+            generation,
+        });
         let ctx = RunnerContext {
             task_id: id.to_owned(),
             spec,
@@ -268,11 +290,16 @@ impl Inner {
         // Spawned outside the lock: a runner may call its observer at once.
         let handle = self.spawner.spawn(ctx);
         let mut live = self.live();
+        let shutting_down = live.shutting_down;
         let entry = live.entry(id);
-        if entry.generation == generation {
+        if entry.generation == generation && !shutting_down {
             entry.runner = Some(handle);
         } else {
-            // It failed (or was stopped) before the handle was installed: just reap it.
+            // It failed before the handle was installed (reap it), or shutdown began in
+            // between and has already collected the runners it waits for (stop it).
+            if entry.generation == generation {
+                entry.generation = 0;
+            }
             drop(live);
             tokio::spawn(handle.stop());
         }
@@ -288,7 +315,10 @@ impl Inner {
 
     /// The stored task merged with the live status.
     fn get(&self, id: &str) -> Result<Task, TaskError> {
-        let record = self.store.get(id)?.ok_or_else(|| TaskError::NotFound(id.to_owned()))?;
+        let record = self
+            .store
+            .get(id)?
+            .ok_or_else(|| TaskError::NotFound(id.to_owned()))?;
         let mut task = record.task.unwrap_or_default();
         if let Some(status) = self.live().tasks.get(id).and_then(|t| t.status.clone()) {
             task.status = Some(status);
@@ -310,9 +340,15 @@ struct Observer {
 
 impl Observer {
     fn with_current(&self, f: impl FnOnce(&Arc<Inner>, &mut Live)) {
-        let Some(inner) = self.inner.upgrade() else { return };
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
         let mut live = inner.live();
-        if live.tasks.get(&self.task_id).is_some_and(|t| t.generation == self.generation) {
+        if live
+            .tasks
+            .get(&self.task_id)
+            .is_some_and(|t| t.generation == self.generation)
+        {
             f(&inner, &mut live);
         }
     }
@@ -347,6 +383,7 @@ impl RunnerObserver for Observer {
     }
 
     fn failed(&self, reason: String) {
+        let reason = bounded_reason(reason);
         let id = self.task_id.clone();
         let mut reaped = None;
         self.with_current(|inner, live| {
@@ -362,15 +399,17 @@ impl RunnerObserver for Observer {
             });
             match result {
                 Ok(_) => tracing::warn!(task_id = %id, reason = %reason, "task failed"),
-                Err(e) => tracing::error!(task_id = %id, error = %e, "cannot record the task's failure"),
+                Err(e) => {
+                    tracing::error!(task_id = %id, error = %e, "cannot record the task's failure")
+                }
             }
             reaped = Inner::take_runner(live, &id);
         });
         // The runner has stopped itself; joining it only releases its task.
-        if let Some(handle) = reaped {
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(handle.stop());
-            }
+        if let Some(handle) = reaped
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(handle.stop());
         }
         if let Some(inner) = self.inner.upgrade() {
             inner.update_gauges();
@@ -396,7 +435,9 @@ pub struct TaskManager {
 
 impl std::fmt::Debug for TaskManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskManager").field("store", &self.inner.store.path()).finish_non_exhaustive()
+        f.debug_struct("TaskManager")
+            .field("store", &self.inner.store.path())
+            .finish_non_exhaustive()
     }
 }
 
@@ -414,29 +455,51 @@ fn encode_token(state: i32, key: &SortKey) -> String {
 }
 
 fn decode_token(token: &str, state: i32) -> Result<SortKey, FieldError> {
-    let bad = || FieldError { field: "page_token".into(), reason: "not a token from a previous ListTasks".into() };
-    if token.len() % 2 != 0 || token.len() > 512 {
+    let bad = || FieldError {
+        field: "page_token".into(),
+        reason: "not a token from a previous ListTasks".into(),
+    };
+    if !token.len().is_multiple_of(2) || token.len() > 512 {
         return Err(bad());
     }
     let bytes: Result<Vec<u8>, _> = (0..token.len())
         .step_by(2)
-        .map(|i| token.get(i..i + 2).ok_or(()).and_then(|h| u8::from_str_radix(h, 16).map_err(|_| ())))
+        .map(|i| {
+            token
+                .get(i..i + 2)
+                .ok_or(())
+                .and_then(|h| u8::from_str_radix(h, 16).map_err(|_| ()))
+        })
         .collect();
     let raw = String::from_utf8(bytes.map_err(|()| bad())?).map_err(|_| bad())?;
     let parts: Vec<&str> = raw.splitn(5, '|').collect();
-    let [version, s, secs, nanos, id] = parts[..] else { return Err(bad()) };
+    let [version, s, secs, nanos, id] = parts[..] else {
+        return Err(bad());
+    };
     if version != "v1" {
         return Err(bad());
     }
     if s.parse::<i32>().map_err(|_| bad())? != state {
-        return Err(FieldError { field: "page_token".into(), reason: "was issued for a different state filter".into() });
+        return Err(FieldError {
+            field: "page_token".into(),
+            reason: "was issued for a different state filter".into(),
+        });
     }
-    Ok((secs.parse().map_err(|_| bad())?, nanos.parse().map_err(|_| bad())?, id.to_owned()))
+    Ok((
+        secs.parse().map_err(|_| bad())?,
+        nanos.parse().map_err(|_| bad())?,
+        id.to_owned(),
+    ))
 }
 
 impl TaskManager {
     /// A manager over `store`, starting runners with `spawner`.
-    pub fn new(store: Store, config: ApplyConfig, metrics: Metrics, spawner: Arc<dyn RunnerSpawner>) -> Self {
+    pub fn new(
+        store: Store,
+        config: ApplyConfig,
+        metrics: Metrics,
+        spawner: Arc<dyn RunnerSpawner>,
+    ) -> Self {
         let inner = Arc::new(Inner {
             store,
             config,
@@ -505,13 +568,16 @@ impl TaskManager {
         let runners: Vec<(String, Box<dyn RunnerHandle>)> = {
             let mut live = self.inner.live();
             let ids: Vec<String> = live.tasks.keys().cloned().collect();
-            ids.into_iter().filter_map(|id| Inner::take_runner(&mut live, &id).map(|r| (id, r))).collect()
+            ids.into_iter()
+                .filter_map(|id| Inner::take_runner(&mut live, &id).map(|r| (id, r)))
+                .collect()
         };
         if !runners.is_empty() {
             tracing::info!(runners = runners.len(), "stopping task runners");
         }
         futures_util::future::join_all(runners.into_iter().map(|(id, r)| {
-            r.stop().instrument(tracing::info_span!("task", task_id = %id))
+            r.stop()
+                .instrument(tracing::info_span!("task", task_id = %id))
         }))
         .await;
     }
@@ -529,7 +595,10 @@ impl TaskManager {
             update_time: Some(ts),
             ..Task::default()
         };
-        self.inner.store.insert(&StoredTask { task: Some(task.clone()), resume_state: 0 })?;
+        self.inner.store.insert(&StoredTask {
+            task: Some(task.clone()),
+            resume_state: 0,
+        })?;
         tracing::info!(task_id = %id, "task created");
         self.inner.update_gauges();
         Ok(task)
@@ -541,11 +610,24 @@ impl TaskManager {
     }
 
     /// A page of tasks, newest first, optionally in one state; returns the next token.
-    pub fn list(&self, state: i32, page_size: u32, page_token: &str) -> Result<(Vec<Task>, String), TaskError> {
+    pub fn list(
+        &self,
+        state: i32,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<Task>, String), TaskError> {
         if TaskState::try_from(state).is_err() {
-            return Err(FieldError { field: "state".into(), reason: format!("unknown state {state}") }.into());
+            return Err(FieldError {
+                field: "state".into(),
+                reason: format!("unknown state {state}"),
+            }
+            .into());
         }
-        let after = if page_token.is_empty() { None } else { Some(decode_token(page_token, state)?) };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(decode_token(page_token, state)?)
+        };
         let size = match page_size as usize {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
@@ -571,7 +653,9 @@ impl TaskManager {
             .collect();
         let next = if page.len() > size {
             page.truncate(size);
-            page.last().map(|t| encode_token(state, &sort_key(t))).unwrap_or_default()
+            page.last()
+                .map(|t| encode_token(state, &sort_key(t)))
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -586,7 +670,11 @@ impl TaskManager {
 
     /// Runs `op` on its own tokio task under the task's operation lock, so the caller
     /// going away does not cut it short.
-    async fn run_op<T, F>(&self, id: &str, op: impl FnOnce(Arc<Inner>, String) -> F + Send + 'static) -> Result<T, TaskError>
+    async fn run_op<T, F>(
+        &self,
+        id: &str,
+        op: impl FnOnce(Arc<Inner>, String) -> F + Send + 'static,
+    ) -> Result<T, TaskError>
     where
         F: Future<Output = Result<T, TaskError>> + Send + 'static,
         T: Send + 'static,
@@ -608,7 +696,9 @@ impl TaskManager {
         );
         match join.await {
             Ok(r) => r,
-            Err(e) => Err(TaskError::FailedPrecondition(format!("the operation did not complete: {e}"))),
+            Err(e) => Err(TaskError::Internal(format!(
+                "the operation did not complete: {e}"
+            ))),
         }
     }
 
@@ -726,8 +816,12 @@ impl TaskManager {
     /// has stopped.
     pub async fn stop(&self, id: &str) -> Result<Task, TaskError> {
         self.run_op(id, |inner, id| async move {
-            const FROM: [TaskState; 4] =
-                [TaskState::InitialSync, TaskState::Synchronizing, TaskState::Paused, TaskState::Failed];
+            const FROM: [TaskState; 4] = [
+                TaskState::InitialSync,
+                TaskState::Synchronizing,
+                TaskState::Paused,
+                TaskState::Failed,
+            ];
             let runner = {
                 let mut live = inner.live();
                 inner.set_state(&mut live, &id, |r| {
@@ -751,8 +845,12 @@ impl TaskManager {
     /// Deletes a task that does not run: NOT_STARTED, PRECHECK_FAILED, FAILED, STOPPED.
     pub async fn delete(&self, id: &str) -> Result<(), TaskError> {
         self.run_op(id, |inner, id| async move {
-            const FROM: [TaskState; 4] =
-                [TaskState::NotStarted, TaskState::PrecheckFailed, TaskState::Failed, TaskState::Stopped];
+            const FROM: [TaskState; 4] = [
+                TaskState::NotStarted,
+                TaskState::PrecheckFailed,
+                TaskState::Failed,
+                TaskState::Stopped,
+            ];
             let runner = {
                 let mut live = inner.live();
                 inner
@@ -785,7 +883,10 @@ impl TaskManager {
         let span = tracing::info_span!("task", task_id = %id);
         let join = tokio::spawn(
             async move {
-                let record = inner.store.get(&id)?.ok_or_else(|| TaskError::NotFound(id.clone()))?;
+                let record = inner
+                    .store
+                    .get(&id)?
+                    .ok_or_else(|| TaskError::NotFound(id.clone()))?;
                 let state = state_of(record.task());
                 if is_running(state) || state == TaskState::Prechecking {
                     return Err(TaskError::FailedPrecondition(format!(
@@ -806,17 +907,22 @@ impl TaskManager {
         );
         match join.await {
             Ok(r) => r,
-            Err(e) => Err(TaskError::FailedPrecondition(format!("the precheck did not complete: {e}"))),
+            Err(e) => Err(TaskError::Internal(format!(
+                "the precheck did not complete: {e}"
+            ))),
         }
     }
 
     /// The task now, then on every change (at most every 100 ms) and at least every 2 s;
     /// ends when the task is deleted or the service shuts down.
-    pub fn watch(&self, id: &str) -> Result<impl Stream<Item = Result<Task, TaskError>> + Send + 'static, TaskError> {
-        let first = self.inner.get(id)?;
+    pub fn watch(
+        &self,
+        id: &str,
+    ) -> Result<impl Stream<Item = Result<Task, TaskError>> + Send + 'static, TaskError> {
         let changed = {
             let mut live = self.inner.live();
-            // Re-check under the lock: a delete in between would leave an orphan entry.
+            // Checked under the lock (deletes take it too), so no entry is created for a
+            // task that is gone.
             if self.inner.store.get(id)?.is_none() {
                 return Err(TaskError::NotFound(id.to_owned()));
             }
@@ -824,6 +930,8 @@ impl TaskManager {
             rx.borrow_and_update();
             rx
         };
+        // Read after subscribing, so a change in between is sent again rather than lost.
+        let first = self.inner.get(id)?;
         struct State {
             inner: Arc<Inner>,
             id: String,
@@ -840,33 +948,52 @@ impl TaskManager {
             first: Some(first),
             last_sent: Instant::now(),
         };
-        Ok(futures_util::stream::unfold(Some(state), |state| async move {
-            let mut s = state?;
-            if let Some(first) = s.first.take() {
-                s.last_sent = Instant::now();
-                return Some((Ok(first), Some(s)));
-            }
-            tokio::select! {
-                r = s.changed.changed() => if r.is_err() { return None },
-                () = tokio::time::sleep(WATCH_KEEPALIVE) => {}
-                _ = s.shutdown.wait_for(|v| *v) => return None,
-            }
-            let since = s.last_sent.elapsed();
-            if since < WATCH_MIN_GAP {
-                tokio::time::sleep(WATCH_MIN_GAP - since).await;
-            }
-            // Changes during the gap are included in this update.
-            s.changed.borrow_and_update();
-            match s.inner.get(&s.id) {
-                Ok(t) => {
+        Ok(futures_util::stream::unfold(
+            Some(state),
+            |state| async move {
+                let mut s = state?;
+                if let Some(first) = s.first.take() {
                     s.last_sent = Instant::now();
-                    Some((Ok(t), Some(s)))
+                    return Some((Ok(first), Some(s)));
                 }
-                Err(TaskError::NotFound(_)) => None,
-                Err(e) => Some((Err(e), None)),
-            }
-        }))
+                tokio::select! {
+                    r = s.changed.changed() => if r.is_err() { return None },
+                    () = tokio::time::sleep(WATCH_KEEPALIVE) => {}
+                    _ = s.shutdown.wait_for(|v| *v) => return None,
+                }
+                let since = s.last_sent.elapsed();
+                if since < WATCH_MIN_GAP {
+                    tokio::time::sleep(WATCH_MIN_GAP - since).await;
+                }
+                // Changes during the gap are included in this update.
+                s.changed.borrow_and_update();
+                match s.inner.get(&s.id) {
+                    Ok(t) => {
+                        s.last_sent = Instant::now();
+                        Some((Ok(t), Some(s)))
+                    }
+                    Err(TaskError::NotFound(_)) => None,
+                    Err(e) => Some((Err(e), None)),
+                }
+            },
+        ))
     }
+}
+
+/// Longest failure reason kept: a reason may quote a destination reply, which must not
+/// make every GetTask and the stored record arbitrarily large.
+const MAX_REASON: usize = 4096;
+
+fn bounded_reason(mut reason: String) -> String {
+    if reason.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push_str("… (truncated)");
+    }
+    reason
 }
 
 /// "precheck failed: name: reason; ..." for the FAILED items.
@@ -883,6 +1010,13 @@ fn failed_items(result: &PrecheckResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_reasons_are_cut_on_a_char_boundary() {
+        let r = bounded_reason("é".repeat(5000));
+        assert!(r.len() <= MAX_REASON + 20 && r.ends_with("(truncated)"));
+        assert_eq!(bounded_reason("short".into()), "short");
+    }
 
     #[test]
     fn page_tokens_round_trip_and_reject_garbage() {

@@ -12,8 +12,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use redis_sync_proto::v1::{
-    CheckStatus, ConflictMode, InstanceMode, PrecheckItem, PrecheckResult, ProbeErrorKind, ProbeSourceRequest,
-    ProbeSourceResponse, RedisEndpoint, TaskSpec,
+    CheckStatus, ConflictMode, InstanceMode, PrecheckItem, PrecheckResult, ProbeErrorKind,
+    ProbeSourceRequest, ProbeSourceResponse, RedisEndpoint, TaskSpec,
 };
 
 use crate::{config::ApplyConfig, endpoint, ingest_client, task};
@@ -70,7 +70,11 @@ pub async fn run(spec: &TaskSpec, config: &ApplyConfig) -> PrecheckResult {
     let (source, destination) = tokio::join!(probe_source(spec, config), inspect_destination(spec));
     let items = judge(spec, &source, &destination);
     let passed = !items.iter().any(|i| i.status == CheckStatus::Failed as i32);
-    PrecheckResult { items, passed, time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())) }
+    PrecheckResult {
+        items,
+        passed,
+        time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+    }
 }
 
 /// Judges every item from what was gathered; pure, so each rule is testable alone.
@@ -94,8 +98,18 @@ fn judge(spec: &TaskSpec, source: &SourceView, destination: &DestView) -> Vec<Pr
     ]
 }
 
-fn item(name: &str, status: CheckStatus, reason: impl Into<String>, fix: impl Into<String>) -> PrecheckItem {
-    PrecheckItem { name: name.to_owned(), status: status as i32, reason: reason.into(), fix: fix.into() }
+fn item(
+    name: &str,
+    status: CheckStatus,
+    reason: impl Into<String>,
+    fix: impl Into<String>,
+) -> PrecheckItem {
+    PrecheckItem {
+        name: name.to_owned(),
+        status: status as i32,
+        reason: reason.into(),
+        fix: fix.into(),
+    }
 }
 
 fn passed(name: &str, reason: impl Into<String>) -> PrecheckItem {
@@ -103,7 +117,12 @@ fn passed(name: &str, reason: impl Into<String>) -> PrecheckItem {
 }
 
 fn not_run(name: &str, reason: impl Into<String>) -> PrecheckItem {
-    item(name, CheckStatus::Unspecified, format!("not checked: {}", reason.into()), "")
+    item(
+        name,
+        CheckStatus::Unspecified,
+        format!("not checked: {}", reason.into()),
+        "",
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -114,62 +133,128 @@ enum SourceView {
     /// ingest could not be asked (unreachable, refused, no ProbeSource).
     NoIngest { reason: String, fix: String },
     /// ingest answered.
-    Probed { endpoint: String, probe: ProbeSourceResponse },
+    Probed {
+        endpoint: String,
+        probe: ProbeSourceResponse,
+    },
 }
 
 impl SourceView {
     /// The probe, when the source itself could be inspected.
     fn usable(&self) -> Result<&ProbeSourceResponse, String> {
         match self {
-            SourceView::NoIngest { .. } => Err(format!("ingest could not probe the source (see {})", items::INGEST_REACHABLE)),
-            SourceView::Probed { probe, .. } if probe.error.is_some() => {
-                Err(format!("the source could not be inspected (see {})", items::SOURCE_REACHABLE))
-            }
+            SourceView::NoIngest { .. } => Err(format!(
+                "ingest could not probe the source (see {})",
+                items::INGEST_REACHABLE
+            )),
+            SourceView::Probed { probe, .. } if probe.error.is_some() => Err(format!(
+                "the source could not be inspected (see {})",
+                items::SOURCE_REACHABLE
+            )),
             SourceView::Probed { probe, .. } => Ok(probe),
         }
     }
 }
 
 async fn probe_source(spec: &TaskSpec, config: &ApplyConfig) -> SourceView {
-    let endpoint = if spec.ingest_endpoint.is_empty() { config.ingest_endpoint.clone() } else { spec.ingest_endpoint.clone() };
-    let no_ingest = |reason: String, fix: &str| SourceView::NoIngest { reason, fix: fix.to_owned() };
+    let endpoint = if spec.ingest_endpoint.is_empty() {
+        config.ingest_endpoint.clone()
+    } else {
+        spec.ingest_endpoint.clone()
+    };
+    let no_ingest = |reason: String, fix: &str| SourceView::NoIngest {
+        reason,
+        fix: fix.to_owned(),
+    };
     let mut client = match ingest_client::ingest_client(&endpoint, config) {
         Ok(c) => c,
-        Err(e) => return no_ingest(e.to_string(), "set spec.ingest_endpoint (or apply's --ingest-endpoint) to ingest's gRPC address"),
+        Err(e) => {
+            return no_ingest(
+                e.to_string(),
+                "set spec.ingest_endpoint (or apply's --ingest-endpoint) to ingest's gRPC address",
+            );
+        }
     };
-    let mut request = tonic::Request::new(ProbeSourceRequest { source: spec.source.clone() });
+    let mut request = tonic::Request::new(ProbeSourceRequest {
+        source: spec.source.clone(),
+    });
     request.set_timeout(PROBE_TIMEOUT);
     // The grpc-timeout header bounds ingest's work; this bounds ours if the network hangs.
-    let answer = tokio::time::timeout(PROBE_TIMEOUT + Duration::from_secs(2), client.probe_source(request)).await;
+    let answer = tokio::time::timeout(
+        PROBE_TIMEOUT + Duration::from_secs(2),
+        client.probe_source(request),
+    )
+    .await;
     match answer {
         Err(_) => no_ingest(
-            format!("ingest at {endpoint} did not answer ProbeSource within {}s", PROBE_TIMEOUT.as_secs()),
+            format!(
+                "ingest at {endpoint} did not answer ProbeSource within {}s",
+                PROBE_TIMEOUT.as_secs()
+            ),
             "check that ingest runs and can reach the source",
         ),
-        Ok(Ok(response)) => SourceView::Probed { endpoint, probe: response.into_inner() },
+        Ok(Ok(response)) => SourceView::Probed {
+            endpoint,
+            probe: response.into_inner(),
+        },
         Ok(Err(status)) => {
             let (what, fix) = match status.code() {
-                tonic::Code::Unavailable => ("is not reachable", "start ingest or fix spec.ingest_endpoint; check the network path from apply to ingest"),
-                tonic::Code::Unimplemented => ("does not implement ProbeSource", "run an ingest build that implements ProbeSource"),
-                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => ("refused apply's token", "set apply's --ingest-token to the token ingest expects"),
-                tonic::Code::DeadlineExceeded => ("did not answer in time", "check that ingest can reach the source"),
+                tonic::Code::Unavailable => (
+                    "is not reachable",
+                    "start ingest or fix spec.ingest_endpoint; check the network path from apply to ingest",
+                ),
+                tonic::Code::Unimplemented => (
+                    "does not implement ProbeSource",
+                    "run an ingest build that implements ProbeSource",
+                ),
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => (
+                    "refused apply's token",
+                    "set apply's --ingest-token to the token ingest expects",
+                ),
+                tonic::Code::DeadlineExceeded => (
+                    "did not answer in time",
+                    "check that ingest can reach the source",
+                ),
                 _ => ("failed the probe", "see ingest's log"),
             };
-            no_ingest(format!("ingest at {endpoint} {what} ({:?}: {})", status.code(), status.message()), fix)
+            no_ingest(
+                format!(
+                    "ingest at {endpoint} {what} ({:?}: {})",
+                    status.code(),
+                    status.message()
+                ),
+                fix,
+            )
         }
     }
 }
 
 fn ingest_reachable(source: &SourceView) -> PrecheckItem {
     match source {
-        SourceView::NoIngest { reason, fix, .. } => item(items::INGEST_REACHABLE, CheckStatus::Failed, reason.clone(), fix.clone()),
-        SourceView::Probed { endpoint, .. } => passed(items::INGEST_REACHABLE, format!("ingest at {endpoint} answered ProbeSource")),
+        SourceView::NoIngest { reason, fix, .. } => item(
+            items::INGEST_REACHABLE,
+            CheckStatus::Failed,
+            reason.clone(),
+            fix.clone(),
+        ),
+        SourceView::Probed { endpoint, .. } => passed(
+            items::INGEST_REACHABLE,
+            format!("ingest at {endpoint} answered ProbeSource"),
+        ),
     }
 }
 
 fn source_reachable(source: &SourceView) -> PrecheckItem {
     let probe = match source {
-        SourceView::NoIngest { .. } => return not_run(items::SOURCE_REACHABLE, format!("ingest could not probe the source (see {})", items::INGEST_REACHABLE)),
+        SourceView::NoIngest { .. } => {
+            return not_run(
+                items::SOURCE_REACHABLE,
+                format!(
+                    "ingest could not probe the source (see {})",
+                    items::INGEST_REACHABLE
+                ),
+            );
+        }
         SourceView::Probed { probe, .. } => probe,
     };
     if let Some(err) = &probe.error {
@@ -178,28 +263,57 @@ fn source_reachable(source: &SourceView) -> PrecheckItem {
                 "refused the credentials (wrong user or password)",
                 "set spec.source.username/password to credentials the source accepts",
             ),
-            Ok(ProbeErrorKind::Unreachable) => ("is not reachable from ingest", "check spec.source.address and the network path from ingest to the source"),
-            _ => ("answered unexpectedly", "check that spec.source.address is a Redis server"),
+            Ok(ProbeErrorKind::Unreachable) => (
+                "is not reachable from ingest",
+                "check spec.source.address and the network path from ingest to the source",
+            ),
+            _ => (
+                "answered unexpectedly",
+                "check that spec.source.address is a Redis server",
+            ),
         };
-        return item(items::SOURCE_REACHABLE, CheckStatus::Failed, format!("the source {what}: {}", err.message), fix);
+        return item(
+            items::SOURCE_REACHABLE,
+            CheckStatus::Failed,
+            format!("the source {what}: {}", err.message),
+            fix,
+        );
     }
     let broken: Vec<String> = probe
         .masters
         .iter()
-        .filter_map(|m| m.error.as_ref().map(|e| format!("{} ({}): {}", m.address, m.shard_id, e.message)))
+        .filter_map(|m| {
+            m.error
+                .as_ref()
+                .map(|e| format!("{} ({}): {}", m.address, m.shard_id, e.message))
+        })
         .collect();
     if !broken.is_empty() {
         return item(
             items::SOURCE_REACHABLE,
             CheckStatus::Failed,
-            format!("source masters that could not be inspected: {}", broken.join("; ")),
+            format!(
+                "source masters that could not be inspected: {}",
+                broken.join("; ")
+            ),
             "make every source master reachable from ingest with the task's credentials",
         );
     }
     if probe.masters.is_empty() {
-        return item(items::SOURCE_REACHABLE, CheckStatus::Failed, "the probe found no source master", "check spec.source.address");
+        return item(
+            items::SOURCE_REACHABLE,
+            CheckStatus::Failed,
+            "the probe found no source master",
+            "check spec.source.address",
+        );
     }
-    passed(items::SOURCE_REACHABLE, format!("{} master(s) reachable and authenticated", probe.masters.len()))
+    passed(
+        items::SOURCE_REACHABLE,
+        format!(
+            "{} master(s) reachable and authenticated",
+            probe.masters.len()
+        ),
+    )
 }
 
 fn mode_name(mode: i32) -> &'static str {
@@ -220,7 +334,11 @@ fn source_mode(spec: &TaskSpec, source: &SourceView) -> PrecheckItem {
         return item(
             items::SOURCE_MODE,
             CheckStatus::Failed,
-            format!("the task says {} but the source is {}", mode_name(wanted), mode_name(probe.mode)),
+            format!(
+                "the task says {} but the source is {}",
+                mode_name(wanted),
+                mode_name(probe.mode)
+            ),
             "set spec.source.mode to the source's mode (create a new task)",
         );
     }
@@ -232,7 +350,10 @@ fn source_mode(spec: &TaskSpec, source: &SourceView) -> PrecheckItem {
             "assign every slot on the source cluster (CLUSTER ADDSLOTS or redis-cli --cluster fix)",
         );
     }
-    passed(items::SOURCE_MODE, format!("the source is {}", mode_name(probe.mode)))
+    passed(
+        items::SOURCE_MODE,
+        format!("the source is {}", mode_name(probe.mode)),
+    )
 }
 
 /// "7.0.15" → (7, 0, 15); missing parts are 0. `None` when the major is not a number.
@@ -250,11 +371,17 @@ fn source_version(source: &SourceView) -> PrecheckItem {
         Err(why) => return not_run(items::SOURCE_VERSION, why),
     };
     match parse_version(&probe.version) {
-        Some(v) if v >= (2, 8, 0) => passed(items::SOURCE_VERSION, format!("source version {} is supported (2.8+)", probe.version)),
+        Some(v) if v >= (2, 8, 0) => passed(
+            items::SOURCE_VERSION,
+            format!("source version {} is supported (2.8+)", probe.version),
+        ),
         Some(_) => item(
             items::SOURCE_VERSION,
             CheckStatus::Failed,
-            format!("source version {} is older than 2.8, which has no PSYNC", probe.version),
+            format!(
+                "source version {} is older than 2.8, which has no PSYNC",
+                probe.version
+            ),
             "upgrade the source to Redis 2.8 or later",
         ),
         None => item(
@@ -275,10 +402,26 @@ fn source_psync(source: &SourceView) -> PrecheckItem {
         .masters
         .iter()
         .filter(|m| m.error.is_none() && !m.psync_allowed)
-        .map(|m| format!("{}: {}", m.address, if m.psync_error.is_empty() { "refused" } else { &m.psync_error }))
+        .map(|m| {
+            format!(
+                "{}: {}",
+                m.address,
+                if m.psync_error.is_empty() {
+                    "refused"
+                } else {
+                    &m.psync_error
+                }
+            )
+        })
         .collect();
     if refused.is_empty() {
-        passed(items::SOURCE_PSYNC, format!("all {} master(s) accept a replica with the task's credentials", probe.masters.len()))
+        passed(
+            items::SOURCE_PSYNC,
+            format!(
+                "all {} master(s) accept a replica with the task's credentials",
+                probe.masters.len()
+            ),
+        )
     } else {
         item(
             items::SOURCE_PSYNC,
@@ -297,23 +440,41 @@ fn source_replication_settings(source: &SourceView) -> PrecheckItem {
     let mut findings = Vec::new();
     for m in probe.masters.iter().filter(|m| m.error.is_none()) {
         if m.repl_backlog_size == 0 {
-            findings.push(format!("{}: repl-backlog-size could not be read (CONFIG GET refused)", m.address));
+            findings.push(format!(
+                "{}: repl-backlog-size could not be read (CONFIG GET refused)",
+                m.address
+            ));
         } else if m.repl_backlog_size < MIN_BACKLOG {
-            findings.push(format!("{}: repl-backlog-size is {} bytes, below 64 MiB", m.address, m.repl_backlog_size));
+            findings.push(format!(
+                "{}: repl-backlog-size is {} bytes, below 64 MiB",
+                m.address, m.repl_backlog_size
+            ));
         }
         if m.repl_timeout_seconds == 0 {
-            findings.push(format!("{}: repl-timeout could not be read (CONFIG GET refused)", m.address));
+            findings.push(format!(
+                "{}: repl-timeout could not be read (CONFIG GET refused)",
+                m.address
+            ));
         } else if m.repl_timeout_seconds < MIN_REPL_TIMEOUT {
-            findings.push(format!("{}: repl-timeout is {}s, below {MIN_REPL_TIMEOUT}s", m.address, m.repl_timeout_seconds));
+            findings.push(format!(
+                "{}: repl-timeout is {}s, below {MIN_REPL_TIMEOUT}s",
+                m.address, m.repl_timeout_seconds
+            ));
         }
     }
     if findings.is_empty() {
-        passed(items::SOURCE_REPLICATION_SETTINGS, "repl-backlog-size ≥ 64 MiB and repl-timeout ≥ 60s on every master")
+        passed(
+            items::SOURCE_REPLICATION_SETTINGS,
+            "repl-backlog-size ≥ 64 MiB and repl-timeout ≥ 60s on every master",
+        )
     } else {
         item(
             items::SOURCE_REPLICATION_SETTINGS,
             CheckStatus::Warning,
-            format!("a WAN hiccup may force a full resync or drop the link: {}", findings.join("; ")),
+            format!(
+                "a WAN hiccup may force a full resync or drop the link: {}",
+                findings.join("; ")
+            ),
             "on every source master: CONFIG SET repl-backlog-size 64mb (or more) and CONFIG SET repl-timeout 60 (and persist them in redis.conf)",
         )
     }
@@ -329,8 +490,15 @@ fn heartbeat_key(spec: &TaskSpec) -> PrecheckItem {
             "enable spec.heartbeat to see the delay",
         );
     }
-    let prefix = if hb.key_prefix.is_empty() { task::DEFAULT_HEARTBEAT_PREFIX } else { &hb.key_prefix };
-    passed(items::HEARTBEAT_KEY, format!("written by ingest on every source master under {prefix}:<task id>"))
+    let prefix = if hb.key_prefix.is_empty() {
+        task::DEFAULT_HEARTBEAT_PREFIX
+    } else {
+        &hb.key_prefix
+    };
+    passed(
+        items::HEARTBEAT_KEY,
+        format!("written by ingest on every source master under {prefix}:<task id>"),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -393,7 +561,10 @@ fn describe_redis_error(address: &str, err: &redis::RedisError) -> (String, Stri
             "check spec.destination.address and that apply can reach it".to_owned(),
         )
     } else {
-        (format!("{address}: {text}"), "check that the destination is a Redis server".to_owned())
+        (
+            format!("{address}: {text}"),
+            "check that the destination is a Redis server".to_owned(),
+        )
     }
 }
 
@@ -406,17 +577,31 @@ async fn call<T: redis::FromRedisValue>(
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(describe_redis_error(address, &e)),
         Err(_) => Err((
-            format!("{address} did not answer within {}s", CALL_TIMEOUT.as_secs()),
+            format!(
+                "{address} did not answer within {}s",
+                CALL_TIMEOUT.as_secs()
+            ),
             "check the destination's load and the network".to_owned(),
         )),
     }
 }
 
-async fn connect(ep: &RedisEndpoint, address: &str) -> Result<redis::aio::MultiplexedConnection, (String, String)> {
+async fn connect(
+    ep: &RedisEndpoint,
+    address: &str,
+) -> Result<redis::aio::MultiplexedConnection, (String, String)> {
     let fix_addr = "check spec.destination.address and that apply can reach it".to_owned();
     match tokio::time::timeout(CONNECT_TIMEOUT, endpoint::connect_node(ep, address)).await {
-        Err(_) => Err((format!("{address} did not accept a connection within {}s", CONNECT_TIMEOUT.as_secs()), fix_addr)),
-        Ok(Err(endpoint::EndpointError::Redis { source, .. })) => Err(describe_redis_error(address, &source)),
+        Err(_) => Err((
+            format!(
+                "{address} did not accept a connection within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            ),
+            fix_addr,
+        )),
+        Ok(Err(endpoint::EndpointError::Redis { source, .. })) => {
+            Err(describe_redis_error(address, &source))
+        }
         Ok(Err(e)) => Err((e.to_string(), fix_addr)),
         Ok(Ok(con)) => Ok(con),
     }
@@ -436,23 +621,36 @@ fn keyspace(info: &BTreeMap<String, String>) -> BTreeMap<u32, u64> {
     info.iter()
         .filter_map(|(k, v)| {
             let db = k.strip_prefix("db")?.parse::<u32>().ok()?;
-            let keys = v.split(',').find_map(|kv| kv.strip_prefix("keys="))?.parse::<u64>().ok()?;
+            let keys = v
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("keys="))?
+                .parse::<u64>()
+                .ok()?;
             Some((db, keys))
         })
         .collect()
 }
 
-async fn config_get(con: &mut redis::aio::MultiplexedConnection, address: &str, name: &str) -> Option<String> {
-    let reply: Vec<String> = call(con, address, redis::cmd("CONFIG").arg("GET").arg(name)).await.ok()?;
+async fn config_get(
+    con: &mut redis::aio::MultiplexedConnection,
+    address: &str,
+    name: &str,
+) -> Option<String> {
+    let reply: Vec<String> = call(con, address, redis::cmd("CONFIG").arg("GET").arg(name))
+        .await
+        .ok()?;
     reply.get(1).cloned()
 }
 
 /// MODULE LIST names; empty on servers without modules (before 4.0 the command is unknown).
 async fn module_names(con: &mut redis::aio::MultiplexedConnection, address: &str) -> Vec<String> {
-    let Ok(reply) = call::<redis::Value>(con, address, redis::cmd("MODULE").arg("LIST")).await else {
+    let Ok(reply) = call::<redis::Value>(con, address, redis::cmd("MODULE").arg("LIST")).await
+    else {
         return Vec::new();
     };
-    let redis::Value::Array(modules) = reply else { return Vec::new() };
+    let redis::Value::Array(modules) = reply else {
+        return Vec::new();
+    };
     let text = |v: &redis::Value| match v {
         redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
         redis::Value::SimpleString(s) => Some(s.clone()),
@@ -486,9 +684,12 @@ async fn inspect_node(ep: &RedisEndpoint, address: &str) -> Result<DestNode, (St
         address: address.to_owned(),
         version: info.get("redis_version").cloned().unwrap_or_default(),
         role: info.get("role").cloned().unwrap_or_default(),
-        master_of: info
-            .get("master_host")
-            .map(|h| format!("{h}:{}", info.get("master_port").map_or("?", String::as_str))),
+        master_of: info.get("master_host").map(|h| {
+            format!(
+                "{h}:{}",
+                info.get("master_port").map_or("?", String::as_str)
+            )
+        }),
         cluster_enabled: info.get("cluster_enabled").is_some_and(|v| v == "1"),
         used_memory: num("used_memory").unwrap_or(0),
         maxmemory: num("maxmemory"),
@@ -499,7 +700,9 @@ async fn inspect_node(ep: &RedisEndpoint, address: &str) -> Result<DestNode, (St
     };
     // Before 3.2 INFO has neither maxmemory nor the policy.
     if node.maxmemory.is_none() {
-        node.maxmemory = config_get(&mut con, address, "maxmemory").await.and_then(|v| v.parse().ok());
+        node.maxmemory = config_get(&mut con, address, "maxmemory")
+            .await
+            .and_then(|v| v.parse().ok());
     }
     if node.policy.is_none() {
         node.policy = config_get(&mut con, address, "maxmemory-policy").await;
@@ -517,14 +720,23 @@ fn cluster_masters(nodes: &str, entry_host: &str) -> Vec<(String, u64)> {
             continue;
         }
         let flags = fields[2];
-        if !flags.split(',').any(|f| f == "master") || flags.contains("fail") || flags.contains("noaddr") {
+        if !flags.split(',').any(|f| f == "master")
+            || flags.contains("fail")
+            || flags.contains("noaddr")
+        {
             continue;
         }
         // "ip:port@cport[,hostname]"; an empty ip means "the address you reached me by".
         let addr = fields[1].split(['@', ',']).next().unwrap_or_default();
-        let Some((ip, port)) = addr.rsplit_once(':') else { continue };
+        let Some((ip, port)) = addr.rsplit_once(':') else {
+            continue;
+        };
         let ip = if ip.is_empty() { entry_host } else { ip };
-        let address = if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") };
+        let address = if ip.contains(':') {
+            format!("[{ip}]:{port}")
+        } else {
+            format!("{ip}:{port}")
+        };
         let slots: u64 = fields[8..]
             .iter()
             .filter(|s| !s.starts_with('['))
@@ -545,7 +757,10 @@ fn cluster_masters(nodes: &str, entry_host: &str) -> Vec<(String, u64)> {
 
 async fn inspect_destination(spec: &TaskSpec) -> DestView {
     let Some(ep) = spec.destination.as_ref() else {
-        return DestView::Unreachable { reason: "the task has no destination".into(), fix: "create the task with spec.destination".into() };
+        return DestView::Unreachable {
+            reason: "the task has no destination".into(),
+            fix: "create the task with spec.destination".into(),
+        };
     };
     let entry = match inspect_node(ep, &ep.address).await {
         Ok(n) => n,
@@ -574,10 +789,16 @@ async fn inspect_destination(spec: &TaskSpec) -> DestView {
         Err((reason, fix)) => return DestView::Unreachable { reason, fix },
     };
     info.cluster_state = ci.get("cluster_state").cloned();
-    info.slots_assigned = ci.get("cluster_slots_assigned").and_then(|v| v.parse().ok());
-    let entry_host = endpoint::host_port(&ep.address).map(|(h, _)| h).unwrap_or_default();
+    info.slots_assigned = ci
+        .get("cluster_slots_assigned")
+        .and_then(|v| v.parse().ok());
+    let entry_host = endpoint::host_port(&ep.address)
+        .map(|(h, _)| h)
+        .unwrap_or_default();
     let masters = cluster_masters(&nodes, &entry_host);
-    let found = futures_util::future::join_all(masters.iter().map(|(addr, _)| inspect_node(ep, addr))).await;
+    let found =
+        futures_util::future::join_all(masters.iter().map(|(addr, _)| inspect_node(ep, addr)))
+            .await;
     let mut nodes = Vec::new();
     let mut broken = Vec::new();
     for ((_, slots), result) in masters.iter().zip(found) {
@@ -591,8 +812,12 @@ async fn inspect_destination(spec: &TaskSpec) -> DestView {
     }
     if !broken.is_empty() {
         return DestView::Unreachable {
-            reason: format!("destination cluster masters could not be inspected: {}", broken.join("; ")),
-            fix: "make every destination master reachable from apply with the task's credentials".into(),
+            reason: format!(
+                "destination cluster masters could not be inspected: {}",
+                broken.join("; ")
+            ),
+            fix: "make every destination master reachable from apply with the task's credentials"
+                .into(),
         };
     }
     info.masters = nodes;
@@ -602,16 +827,27 @@ async fn inspect_destination(spec: &TaskSpec) -> DestView {
 fn dest_usable(destination: &DestView) -> Result<&DestInfo, String> {
     match destination {
         DestView::Found(d) => Ok(d),
-        DestView::Unreachable { .. } => Err(format!("the destination could not be inspected (see {})", items::DESTINATION_REACHABLE)),
+        DestView::Unreachable { .. } => Err(format!(
+            "the destination could not be inspected (see {})",
+            items::DESTINATION_REACHABLE
+        )),
     }
 }
 
 fn destination_reachable(destination: &DestView) -> PrecheckItem {
     match destination {
-        DestView::Unreachable { reason, fix } => item(items::DESTINATION_REACHABLE, CheckStatus::Failed, reason.clone(), fix.clone()),
+        DestView::Unreachable { reason, fix } => item(
+            items::DESTINATION_REACHABLE,
+            CheckStatus::Failed,
+            reason.clone(),
+            fix.clone(),
+        ),
         DestView::Found(d) => passed(
             items::DESTINATION_REACHABLE,
-            format!("{} (Redis {}) reachable and authenticated", d.entry.address, d.entry.version),
+            format!(
+                "{} (Redis {}) reachable and authenticated",
+                d.entry.address, d.entry.version
+            ),
         ),
     }
 }
@@ -627,13 +863,19 @@ fn destination_mode(destination: &DestView) -> PrecheckItem {
         (false, true) => item(
             items::DESTINATION_MODE,
             CheckStatus::Failed,
-            format!("the task says STANDALONE but {} is a cluster node", d.entry.address),
+            format!(
+                "the task says STANDALONE but {} is a cluster node",
+                d.entry.address
+            ),
             "create the task with spec.destination.mode CLUSTER",
         ),
         (true, false) => item(
             items::DESTINATION_MODE,
             CheckStatus::Failed,
-            format!("the task says CLUSTER but {} has cluster mode disabled", d.entry.address),
+            format!(
+                "the task says CLUSTER but {} has cluster mode disabled",
+                d.entry.address
+            ),
             "create the task with spec.destination.mode STANDALONE",
         ),
         (true, true) => {
@@ -642,13 +884,18 @@ fn destination_mode(destination: &DestView) -> PrecheckItem {
             if assigned == CLUSTER_SLOTS && state == "ok" {
                 passed(
                     items::DESTINATION_MODE,
-                    format!("the destination is a CLUSTER of {} master(s) covering all 16384 slots", d.masters.len()),
+                    format!(
+                        "the destination is a CLUSTER of {} master(s) covering all 16384 slots",
+                        d.masters.len()
+                    ),
                 )
             } else {
                 item(
                     items::DESTINATION_MODE,
                     CheckStatus::Failed,
-                    format!("the destination cluster has {assigned} of 16384 slots assigned, cluster_state:{state}"),
+                    format!(
+                        "the destination cluster has {assigned} of 16384 slots assigned, cluster_state:{state}"
+                    ),
                     "assign every slot on the destination cluster and wait for cluster_state:ok",
                 )
             }
@@ -676,7 +923,10 @@ fn destination_role(destination: &DestView) -> PrecheckItem {
         item(
             items::DESTINATION_ROLE,
             CheckStatus::Failed,
-            format!("{}: a replica rejects writes and its master would overwrite them", replicas.join("; ")),
+            format!(
+                "{}: a replica rejects writes and its master would overwrite them",
+                replicas.join("; ")
+            ),
             "point spec.destination at the master, or run REPLICAOF NO ONE on the destination",
         )
     }
@@ -692,7 +942,10 @@ fn destination_version(source: &SourceView, destination: &DestView) -> PrecheckI
         Err(why) => return not_run(items::DESTINATION_VERSION, why),
     };
     let Some(src) = parse_version(&probe.version) else {
-        return not_run(items::DESTINATION_VERSION, format!("the source version {:?} is unknown", probe.version));
+        return not_run(
+            items::DESTINATION_VERSION,
+            format!("the source version {:?} is unknown", probe.version),
+        );
     };
     let lowest = d
         .masters
@@ -744,21 +997,28 @@ fn destination_empty(spec: &TaskSpec, destination: &DestView) -> PrecheckItem {
         .collect();
     non_empty.dedup();
     if non_empty.is_empty() {
-        return passed(items::DESTINATION_EMPTY, "every selected destination database is empty");
+        return passed(
+            items::DESTINATION_EMPTY,
+            "every selected destination database is empty",
+        );
     }
     let list = non_empty.join(", ");
     if spec.conflict_mode == ConflictMode::Overwrite as i32 {
         item(
             items::DESTINATION_EMPTY,
             CheckStatus::Warning,
-            format!("selected destination databases hold keys: {list}; source keys will replace destination keys of the same name, the others stay"),
+            format!(
+                "selected destination databases hold keys: {list}; source keys will replace destination keys of the same name, the others stay"
+            ),
             "empty those databases first if the destination should equal the source",
         )
     } else {
         item(
             items::DESTINATION_EMPTY,
             CheckStatus::Failed,
-            format!("conflict mode INTERCEPT needs empty destination databases, but these hold keys: {list}"),
+            format!(
+                "conflict mode INTERCEPT needs empty destination databases, but these hold keys: {list}"
+            ),
             "empty those databases (FLUSHDB), map to empty ones with spec.db_mapping, or use conflict mode OVERWRITE",
         )
     }
@@ -782,18 +1042,27 @@ fn destination_eviction(destination: &DestView) -> PrecheckItem {
         item(
             items::DESTINATION_EVICTION,
             CheckStatus::Warning,
-            format!("maxmemory-policy is not noeviction ({}): under memory pressure the destination drops synced keys silently", evicting.join("; ")),
+            format!(
+                "maxmemory-policy is not noeviction ({}): under memory pressure the destination drops synced keys silently",
+                evicting.join("; ")
+            ),
             "CONFIG SET maxmemory-policy noeviction on the destination",
         )
     } else if !unknown.is_empty() {
         item(
             items::DESTINATION_EVICTION,
             CheckStatus::Warning,
-            format!("maxmemory-policy could not be read on {}", unknown.join(", ")),
+            format!(
+                "maxmemory-policy could not be read on {}",
+                unknown.join(", ")
+            ),
             "check that maxmemory-policy is noeviction",
         )
     } else {
-        passed(items::DESTINATION_EVICTION, "maxmemory-policy is noeviction")
+        passed(
+            items::DESTINATION_EVICTION,
+            "maxmemory-policy is noeviction",
+        )
     }
 }
 
@@ -819,7 +1088,11 @@ fn destination_memory(source: &SourceView, destination: &DestView) -> PrecheckIt
             continue; // no limit
         }
         // In a cluster each master gets the share of the data its slots hold.
-        let share = if cluster && n.slots > 0 { needed.saturating_mul(n.slots) / CLUSTER_SLOTS } else { needed };
+        let share = if cluster && n.slots > 0 {
+            needed.saturating_mul(n.slots) / CLUSTER_SLOTS
+        } else {
+            needed
+        };
         let free = max.saturating_sub(n.used_memory);
         if free < share {
             short.push(format!(
@@ -832,20 +1105,32 @@ fn destination_memory(source: &SourceView, destination: &DestView) -> PrecheckIt
         item(
             items::DESTINATION_MEMORY,
             CheckStatus::Failed,
-            format!("the source uses {needed} bytes but the destination lacks room: {}", short.join("; ")),
+            format!(
+                "the source uses {needed} bytes but the destination lacks room: {}",
+                short.join("; ")
+            ),
             "raise maxmemory on the destination (or free memory) so it can hold the source's data",
         )
     } else if !unknown.is_empty() {
         item(
             items::DESTINATION_MEMORY,
             CheckStatus::Warning,
-            format!("maxmemory could not be read on {}; the source uses {needed} bytes", unknown.join(", ")),
+            format!(
+                "maxmemory could not be read on {}; the source uses {needed} bytes",
+                unknown.join(", ")
+            ),
             "check that the destination has room for the source's data",
         )
     } else if d.masters.iter().all(|n| n.maxmemory == Some(0)) {
-        passed(items::DESTINATION_MEMORY, format!("no maxmemory limit on the destination; the source uses {needed} bytes"))
+        passed(
+            items::DESTINATION_MEMORY,
+            format!("no maxmemory limit on the destination; the source uses {needed} bytes"),
+        )
     } else {
-        passed(items::DESTINATION_MEMORY, format!("the destination has room for the source's {needed} bytes"))
+        passed(
+            items::DESTINATION_MEMORY,
+            format!("the destination has room for the source's {needed} bytes"),
+        )
     }
 }
 
@@ -858,7 +1143,11 @@ fn destination_modules(source: &SourceView, destination: &DestView) -> PrecheckI
         Ok(p) => p,
         Err(why) => return not_run(items::DESTINATION_MODULES, why),
     };
-    let mut used: Vec<String> = probe.masters.iter().flat_map(|m| m.modules.iter().cloned()).collect();
+    let mut used: Vec<String> = probe
+        .masters
+        .iter()
+        .flat_map(|m| m.modules.iter().cloned())
+        .collect();
     used.sort();
     used.dedup();
     if used.is_empty() {
@@ -873,12 +1162,21 @@ fn destination_modules(source: &SourceView, destination: &DestView) -> PrecheckI
         }
     }
     if missing.is_empty() {
-        passed(items::DESTINATION_MODULES, format!("source modules loaded on the destination: {}", used.join(", ")))
+        passed(
+            items::DESTINATION_MODULES,
+            format!(
+                "source modules loaded on the destination: {}",
+                used.join(", ")
+            ),
+        )
     } else {
         item(
             items::DESTINATION_MODULES,
             CheckStatus::Failed,
-            format!("modules the source uses are missing on the destination: {}", missing.join("; ")),
+            format!(
+                "modules the source uses are missing on the destination: {}",
+                missing.join("; ")
+            ),
             "load the same modules on the destination (loadmodule in redis.conf)",
         )
     }
@@ -891,8 +1189,16 @@ mod tests {
 
     fn spec(conflict: ConflictMode) -> TaskSpec {
         TaskSpec {
-            source: Some(RedisEndpoint { mode: InstanceMode::Standalone as i32, address: "s:1".into(), ..Default::default() }),
-            destination: Some(RedisEndpoint { mode: InstanceMode::Standalone as i32, address: "d:1".into(), ..Default::default() }),
+            source: Some(RedisEndpoint {
+                mode: InstanceMode::Standalone as i32,
+                address: "s:1".into(),
+                ..Default::default()
+            }),
+            destination: Some(RedisEndpoint {
+                mode: InstanceMode::Standalone as i32,
+                address: "d:1".into(),
+                ..Default::default()
+            }),
             conflict_mode: conflict as i32,
             databases: vec![0, 1],
             ..Default::default()
@@ -950,49 +1256,143 @@ mod tests {
     fn judged_items() {
         let s = spec(ConflictMode::Intercept);
         let items = judge(&s, &probe(), &dest(|_| {}));
-        assert_eq!(status_of(&items, items::SOURCE_REPLICATION_SETTINGS), CheckStatus::Warning);
-        assert_eq!(status_of(&items, items::DESTINATION_VERSION), CheckStatus::Passed);
-        assert!(!items.iter().any(|i| i.status == CheckStatus::Failed as i32), "{items:#?}");
+        assert_eq!(
+            status_of(&items, items::SOURCE_REPLICATION_SETTINGS),
+            CheckStatus::Warning
+        );
+        assert_eq!(
+            status_of(&items, items::DESTINATION_VERSION),
+            CheckStatus::Passed
+        );
+        assert!(
+            !items.iter().any(|i| i.status == CheckStatus::Failed as i32),
+            "{items:#?}"
+        );
 
         let items = judge(&s, &probe(), &dest(|n| n.version = "5.0.6".into()));
-        assert_eq!(status_of(&items, items::DESTINATION_VERSION), CheckStatus::Failed);
+        assert_eq!(
+            status_of(&items, items::DESTINATION_VERSION),
+            CheckStatus::Failed
+        );
 
-        let items = judge(&s, &probe(), &dest(|n| { n.maxmemory = Some(5_000_000); }));
-        assert_eq!(status_of(&items, items::DESTINATION_MEMORY), CheckStatus::Failed);
+        let items = judge(
+            &s,
+            &probe(),
+            &dest(|n| {
+                n.maxmemory = Some(5_000_000);
+            }),
+        );
+        assert_eq!(
+            status_of(&items, items::DESTINATION_MEMORY),
+            CheckStatus::Failed
+        );
 
-        let items = judge(&s, &probe(), &dest(|n| { n.keys_per_db.insert(1, 3); n.keys_per_db.insert(5, 1); }));
-        assert_eq!(status_of(&items, items::DESTINATION_EMPTY), CheckStatus::Failed);
-        let reason = &items.iter().find(|i| i.name == items::DESTINATION_EMPTY).unwrap().reason;
-        assert!(reason.contains("db1 (3 keys)") && !reason.contains("db5"), "{reason}");
-        let items = judge(&spec(ConflictMode::Overwrite), &probe(), &dest(|n| { n.keys_per_db.insert(1, 3); }));
-        assert_eq!(status_of(&items, items::DESTINATION_EMPTY), CheckStatus::Warning);
+        let items = judge(
+            &s,
+            &probe(),
+            &dest(|n| {
+                n.keys_per_db.insert(1, 3);
+                n.keys_per_db.insert(5, 1);
+            }),
+        );
+        assert_eq!(
+            status_of(&items, items::DESTINATION_EMPTY),
+            CheckStatus::Failed
+        );
+        let reason = &items
+            .iter()
+            .find(|i| i.name == items::DESTINATION_EMPTY)
+            .unwrap()
+            .reason;
+        assert!(
+            reason.contains("db1 (3 keys)") && !reason.contains("db5"),
+            "{reason}"
+        );
+        let items = judge(
+            &spec(ConflictMode::Overwrite),
+            &probe(),
+            &dest(|n| {
+                n.keys_per_db.insert(1, 3);
+            }),
+        );
+        assert_eq!(
+            status_of(&items, items::DESTINATION_EMPTY),
+            CheckStatus::Warning
+        );
 
-        let items = judge(&s, &probe(), &dest(|n| { n.role = "slave".into(); n.master_of = Some("m:1".into()); }));
-        assert_eq!(status_of(&items, items::DESTINATION_ROLE), CheckStatus::Failed);
+        let items = judge(
+            &s,
+            &probe(),
+            &dest(|n| {
+                n.role = "slave".into();
+                n.master_of = Some("m:1".into());
+            }),
+        );
+        assert_eq!(
+            status_of(&items, items::DESTINATION_ROLE),
+            CheckStatus::Failed
+        );
     }
 
     #[test]
     fn a_side_that_cannot_be_inspected_leaves_its_items_unrun() {
         let s = spec(ConflictMode::Intercept);
-        let no_ingest = SourceView::NoIngest { reason: "gone".into(), fix: "f".into() };
+        let no_ingest = SourceView::NoIngest {
+            reason: "gone".into(),
+            fix: "f".into(),
+        };
         let items = judge(&s, &no_ingest, &dest(|_| {}));
-        assert_eq!(status_of(&items, items::INGEST_REACHABLE), CheckStatus::Failed);
-        assert_eq!(status_of(&items, items::SOURCE_VERSION), CheckStatus::Unspecified);
-        assert_eq!(status_of(&items, items::DESTINATION_EMPTY), CheckStatus::Passed);
-        assert_eq!(status_of(&items, items::DESTINATION_MEMORY), CheckStatus::Unspecified);
+        assert_eq!(
+            status_of(&items, items::INGEST_REACHABLE),
+            CheckStatus::Failed
+        );
+        assert_eq!(
+            status_of(&items, items::SOURCE_VERSION),
+            CheckStatus::Unspecified
+        );
+        assert_eq!(
+            status_of(&items, items::DESTINATION_EMPTY),
+            CheckStatus::Passed
+        );
+        assert_eq!(
+            status_of(&items, items::DESTINATION_MEMORY),
+            CheckStatus::Unspecified
+        );
 
         let auth = SourceView::Probed {
             endpoint: "http://i:1".into(),
             probe: ProbeSourceResponse {
-                error: Some(ProbeError { kind: ProbeErrorKind::Authentication as i32, message: "WRONGPASS".into() }),
+                error: Some(ProbeError {
+                    kind: ProbeErrorKind::Authentication as i32,
+                    message: "WRONGPASS".into(),
+                }),
                 ..Default::default()
             },
         };
-        let items = judge(&s, &auth, &DestView::Unreachable { reason: "r".into(), fix: "f".into() });
-        assert_eq!(status_of(&items, items::INGEST_REACHABLE), CheckStatus::Passed);
-        assert_eq!(status_of(&items, items::SOURCE_REACHABLE), CheckStatus::Failed);
-        assert_eq!(status_of(&items, items::DESTINATION_REACHABLE), CheckStatus::Failed);
-        assert_eq!(status_of(&items, items::DESTINATION_ROLE), CheckStatus::Unspecified);
+        let items = judge(
+            &s,
+            &auth,
+            &DestView::Unreachable {
+                reason: "r".into(),
+                fix: "f".into(),
+            },
+        );
+        assert_eq!(
+            status_of(&items, items::INGEST_REACHABLE),
+            CheckStatus::Passed
+        );
+        assert_eq!(
+            status_of(&items, items::SOURCE_REACHABLE),
+            CheckStatus::Failed
+        );
+        assert_eq!(
+            status_of(&items, items::DESTINATION_REACHABLE),
+            CheckStatus::Failed
+        );
+        assert_eq!(
+            status_of(&items, items::DESTINATION_ROLE),
+            CheckStatus::Unspecified
+        );
     }
 
     #[test]
@@ -1025,7 +1425,9 @@ e 127.0.0.1:7004@17004 master,fail - 0 0 4 disconnected 1
 
     #[test]
     fn info_parsing() {
-        let info = parse_info("# Keyspace\r\ndb0:keys=3,expires=1,avg_ttl=0\r\ndb12:keys=1,expires=0,avg_ttl=0\r\nrole:master\r\n");
+        let info = parse_info(
+            "# Keyspace\r\ndb0:keys=3,expires=1,avg_ttl=0\r\ndb12:keys=1,expires=0,avg_ttl=0\r\nrole:master\r\n",
+        );
         assert_eq!(keyspace(&info), BTreeMap::from([(0, 3), (12, 1)]));
         assert_eq!(info.get("role").map(String::as_str), Some("master"));
     }

@@ -7,9 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use redis_sync_proto::v1::{
-    KeyRecord, StreamChunk, StreamId, ValueType, key_record, value_chunk,
-};
+use redis_sync_proto::v1::{KeyRecord, StreamChunk, StreamId, ValueType, key_record, value_chunk};
 
 /// A command as its argument list, name first.
 pub type Args = Vec<Vec<u8>>;
@@ -35,7 +33,11 @@ impl ServerVersion {
         let major = parts.next().flatten()?;
         let minor = parts.next().flatten().unwrap_or(0);
         let patch = parts.next().flatten().unwrap_or(0);
-        Some(Self { major, minor, patch })
+        Some(Self {
+            major,
+            minor,
+            patch,
+        })
     }
 
     /// True for `major.minor` or later.
@@ -100,15 +102,24 @@ pub fn key_record(rec: &KeyRecord, opts: &RestoreOptions) -> Result<Vec<Args>, R
     }
 }
 
-fn whole_key(rec: &KeyRecord, body: &[u8], opts: &RestoreOptions) -> Result<Vec<Args>, RestoreError> {
+fn whole_key(
+    rec: &KeyRecord,
+    body: &[u8],
+    opts: &RestoreOptions,
+) -> Result<Vec<Args>, RestoreError> {
     let key = rec.key.clone();
     let expired = rec.expire_at_ms > 0 && rec.expire_at_ms <= opts.now_ms;
     if expired {
         // Gone on the source by now too; under replace the destination must not keep an
         // older value of it.
-        return Ok(if opts.replace { vec![vec![b"DEL".to_vec(), key]] } else { Vec::new() });
+        return Ok(if opts.replace {
+            vec![vec![b"DEL".to_vec(), key]]
+        } else {
+            Vec::new()
+        });
     }
-    let version = u16::try_from(opts.rdb_version).map_err(|_| RestoreError::RdbVersion(opts.rdb_version))?;
+    let version =
+        u16::try_from(opts.rdb_version).map_err(|_| RestoreError::RdbVersion(opts.rdb_version))?;
     let payload = redis_sync_rdb::dump::frame(body, version);
     let mut out = Vec::new();
     let abs_ttl = opts.version.at_least(5, 0);
@@ -119,7 +130,12 @@ fn whole_key(rec: &KeyRecord, body: &[u8], opts: &RestoreOptions) -> Result<Vec<
         // estimate of the source's that is available here.
         (at, false) => at - opts.now_ms,
     };
-    let mut restore = vec![b"RESTORE".to_vec(), key.clone(), ttl.to_string().into_bytes(), payload];
+    let mut restore = vec![
+        b"RESTORE".to_vec(),
+        key.clone(),
+        ttl.to_string().into_bytes(),
+        payload,
+    ];
     if opts.replace {
         if opts.version.at_least(3, 0) {
             restore.push(b"REPLACE".to_vec());
@@ -141,7 +157,11 @@ pub fn format_score(score: f64) -> Result<String, RestoreError> {
         return Err(RestoreError::Invalid("a sorted-set score is NaN".into()));
     }
     if score.is_infinite() {
-        return Ok(if score > 0.0 { "inf".into() } else { "-inf".into() });
+        return Ok(if score > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        });
     }
     let plain = format!("{score}");
     let exp = format!("{score:e}");
@@ -175,7 +195,10 @@ fn chunked_key(
     };
     match items {
         value_chunk::Items::StringPart(part) => {
-            out.push(cmd(if first { "SET" } else { "APPEND" }, vec![part.clone()]));
+            out.push(cmd(
+                if first { "SET" } else { "APPEND" },
+                vec![part.clone()],
+            ));
         }
         value_chunk::Items::ListItems(list) => {
             if !list.items.is_empty() {
@@ -205,11 +228,20 @@ fn chunked_key(
                     rest.push(f.field.clone());
                     rest.push(f.value.clone());
                     if f.expire_at_ms > 0 {
-                        ttls.entry(f.expire_at_ms).or_default().push(f.field.clone());
+                        ttls.entry(f.expire_at_ms)
+                            .or_default()
+                            .push(f.field.clone());
                     }
                 }
                 // HSET takes many fields since 4.0; HMSET does the same before.
-                out.push(cmd(if opts.version.at_least(4, 0) { "HSET" } else { "HMSET" }, rest));
+                out.push(cmd(
+                    if opts.version.at_least(4, 0) {
+                        "HSET"
+                    } else {
+                        "HMSET"
+                    },
+                    rest,
+                ));
                 if !ttls.is_empty() && !opts.version.at_least(7, 4) {
                     return Err(RestoreError::DestinationTooOld {
                         what: "hash field TTLs (HPEXPIREAT)",
@@ -218,7 +250,11 @@ fn chunked_key(
                     });
                 }
                 for (at, fields) in ttls {
-                    let mut rest = vec![at.to_string().into_bytes(), b"FIELDS".to_vec(), fields.len().to_string().into_bytes()];
+                    let mut rest = vec![
+                        at.to_string().into_bytes(),
+                        b"FIELDS".to_vec(),
+                        fields.len().to_string().into_bytes(),
+                    ];
                     rest.extend(fields);
                     out.push(cmd("HPEXPIREAT", rest));
                 }
@@ -228,7 +264,11 @@ fn chunked_key(
     }
     if rec.last_chunk && rec.expire_at_ms > 0 {
         // An expiry already in the past deletes the key, as on the source.
-        out.push(vec![b"PEXPIREAT".to_vec(), key, rec.expire_at_ms.to_string().into_bytes()]);
+        out.push(vec![
+            b"PEXPIREAT".to_vec(),
+            key,
+            rec.expire_at_ms.to_string().into_bytes(),
+        ]);
     }
     let _ = ValueType::try_from(rec.r#type);
     Ok(out)
@@ -242,7 +282,11 @@ fn stream_chunk(
     out: &mut Vec<Args>,
 ) -> Result<(), RestoreError> {
     if !opts.version.at_least(5, 0) {
-        return Err(RestoreError::DestinationTooOld { what: "streams", needs: "5.0", found: opts.version });
+        return Err(RestoreError::DestinationTooOld {
+            what: "streams",
+            needs: "5.0",
+            found: opts.version,
+        });
     }
     let k = || key.to_vec();
     for e in &s.entries {
@@ -265,8 +309,20 @@ fn stream_chunk(
         if meta.length == 0 {
             // An empty stream has no entry to XADD; creating and dropping a group makes
             // the key exist so that XSETID (and the groups) can follow.
-            out.push(vec![b"XGROUP".to_vec(), b"CREATE".to_vec(), k(), b"redis-sync-tmp".to_vec(), b"0".to_vec(), b"MKSTREAM".to_vec()]);
-            out.push(vec![b"XGROUP".to_vec(), b"DESTROY".to_vec(), k(), b"redis-sync-tmp".to_vec()]);
+            out.push(vec![
+                b"XGROUP".to_vec(),
+                b"CREATE".to_vec(),
+                k(),
+                b"redis-sync-tmp".to_vec(),
+                b"0".to_vec(),
+                b"MKSTREAM".to_vec(),
+            ]);
+            out.push(vec![
+                b"XGROUP".to_vec(),
+                b"DESTROY".to_vec(),
+                k(),
+                b"redis-sync-tmp".to_vec(),
+            ]);
         }
         let mut a = vec![b"XSETID".to_vec(), k(), stream_id(meta.last_id.as_ref())];
         if v7 && meta.entries_added > 0 {
@@ -278,7 +334,14 @@ fn stream_chunk(
         out.push(a);
     }
     for g in &s.groups {
-        let mut a = vec![b"XGROUP".to_vec(), b"CREATE".to_vec(), k(), g.name.clone(), stream_id(g.last_id.as_ref()), b"MKSTREAM".to_vec()];
+        let mut a = vec![
+            b"XGROUP".to_vec(),
+            b"CREATE".to_vec(),
+            k(),
+            g.name.clone(),
+            stream_id(g.last_id.as_ref()),
+            b"MKSTREAM".to_vec(),
+        ];
         if v7 && g.entries_read >= 0 {
             a.push(b"ENTRIESREAD".to_vec());
             a.push(g.entries_read.to_string().into_bytes());
@@ -286,7 +349,13 @@ fn stream_chunk(
         out.push(a);
         if opts.version.at_least(6, 2) {
             for c in &g.consumers {
-                out.push(vec![b"XGROUP".to_vec(), b"CREATECONSUMER".to_vec(), k(), g.name.clone(), c.name.clone()]);
+                out.push(vec![
+                    b"XGROUP".to_vec(),
+                    b"CREATECONSUMER".to_vec(),
+                    k(),
+                    g.name.clone(),
+                    c.name.clone(),
+                ]);
             }
         }
         // XCLAIM ... FORCE puts an entry into the group's pending list with its owner,
@@ -318,7 +387,17 @@ mod tests {
 
     #[test]
     fn scores_round_trip() {
-        for s in [7.123456789, 1e-300, -0.0, 0.1, 1e300, -3.5, 5e-324, f64::MAX, 12345678901234567.0] {
+        for s in [
+            7.123456789,
+            1e-300,
+            -0.0,
+            0.1,
+            1e300,
+            -3.5,
+            5e-324,
+            f64::MAX,
+            12345678901234567.0,
+        ] {
             let text = format_score(s).unwrap();
             let back: f64 = text.parse().unwrap();
             assert_eq!(back.to_bits(), s.to_bits(), "{s} -> {text}");
@@ -333,7 +412,10 @@ mod tests {
     fn versions() {
         let v = ServerVersion::parse("7.0.15").unwrap();
         assert!(v.at_least(7, 0) && v.at_least(5, 0) && !v.at_least(7, 4));
-        assert_eq!(ServerVersion::parse("2.8.17").unwrap().to_string(), "2.8.17");
+        assert_eq!(
+            ServerVersion::parse("2.8.17").unwrap().to_string(),
+            "2.8.17"
+        );
         assert_eq!(ServerVersion::parse("255.255.255-rc1").unwrap().major, 255);
         assert!(ServerVersion::parse("x").is_none());
     }

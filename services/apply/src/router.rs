@@ -12,7 +12,11 @@ pub fn crc16(data: &[u8]) -> u16 {
     for &b in data {
         crc ^= u16::from(b) << 8;
         for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
         }
     }
     crc
@@ -26,7 +30,9 @@ pub fn key_slot(key: &[u8]) -> u16 {
         .position(|&b| b == b'{')
         .and_then(|open| {
             let rest = &key[open + 1..];
-            rest.iter().position(|&b| b == b'}').map(|close| &rest[..close])
+            rest.iter()
+                .position(|&b| b == b'}')
+                .map(|close| &rest[..close])
         })
         .filter(|tag| !tag.is_empty())
         .unwrap_or(key);
@@ -49,8 +55,9 @@ pub enum TopologyError {
 pub struct Master {
     /// "host:port" to connect to.
     pub address: String,
-    /// Hash tag whose slot this master owns: the checkpoint key carries it.
-    pub tag: String,
+    /// Its lowest slot: keyless commands (FLUSHDB, FUNCTION, SCRIPT, PUBLISH) run in a
+    /// MULTI of this slot.
+    pub home_slot: u16,
 }
 
 /// The slot map of a cluster destination.
@@ -82,12 +89,24 @@ impl Topology {
             ) else {
                 return Err(TopologyError::BadReply(format!("range {range:?}")));
             };
-            let (Some(host), Some(port)) = (node.first().and_then(text), node.get(1).and_then(int)) else {
+            let (Some(host), Some(port)) = (node.first().and_then(text), node.get(1).and_then(int))
+            else {
                 return Err(TopologyError::BadReply(format!("node {node:?}")));
             };
-            let host = if host.is_empty() || host == "?" { seed_host.to_owned() } else { host };
-            let address = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-            let (start, end) = (usize::try_from(start).unwrap_or(SLOTS), usize::try_from(end).unwrap_or(SLOTS));
+            let host = if host.is_empty() || host == "?" {
+                seed_host.to_owned()
+            } else {
+                host
+            };
+            let address = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            let (start, end) = (
+                usize::try_from(start).unwrap_or(SLOTS),
+                usize::try_from(end).unwrap_or(SLOTS),
+            );
             if start > end || end >= SLOTS {
                 return Err(TopologyError::BadReply(format!("slot range {start}-{end}")));
             }
@@ -119,39 +138,62 @@ impl Topology {
         for o in &mut owner {
             *o = renumber[usize::from(*o)];
         }
-        let mut masters: Vec<Master> = order
+        let masters: Vec<Master> = order
             .iter()
-            .map(|i| Master { address: addresses[*i].1.clone(), tag: String::new() })
+            .map(|i| Master {
+                address: addresses[*i].1.clone(),
+                home_slot: u16::try_from(addresses[*i].0).unwrap_or(0),
+            })
             .collect();
-        for (index, master) in masters.iter_mut().enumerate() {
-            master.tag = tag_owned_by(&owner, index);
-        }
         Ok(Self { masters, owner })
     }
 
     /// Index of the master that owns `slot`.
     pub fn owner(&self, slot: u16) -> usize {
-        self.owner.get(usize::from(slot)).map_or(0, |o| usize::from(*o))
+        self.owner
+            .get(usize::from(slot))
+            .map_or(0, |o| usize::from(*o))
     }
 
     /// Index of the master that owns `key`.
     pub fn owner_of_key(&self, key: &[u8]) -> usize {
         self.owner(key_slot(key))
     }
+
+    /// The slots master `index` owns.
+    pub fn slots_of(&self, index: usize) -> impl Iterator<Item = u16> + '_ {
+        self.owner
+            .iter()
+            .enumerate()
+            .filter(move |(_, o)| usize::from(**o) == index)
+            .filter_map(|(s, _)| u16::try_from(s).ok())
+    }
 }
 
-/// The first of "0", "1", "2", ... whose slot master `index` owns: deterministic for a
-/// given slot map, so a restart finds the same checkpoint key.
-fn tag_owned_by(owner: &[u16], index: usize) -> String {
-    // A master owning one slot out of 16384 is reached within a few hundred thousand
-    // candidates; the bound only stops a loop on an impossible map.
-    for n in 0u32..4_000_000 {
-        let tag = n.to_string();
-        if owner.get(usize::from(key_slot(tag.as_bytes()))).is_some_and(|o| usize::from(*o) == index) {
-            return tag;
+/// A hash tag for every slot: `slot_tag(s)` is the first of "0", "1", "2", ... whose slot
+/// is `s`, so a key `...{<tag>}...` lands in slot `s`, and every process computes the
+/// same table.
+pub fn slot_tag(slot: u16) -> &'static str {
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![String::new(); SLOTS];
+        let mut missing = SLOTS;
+        // About 170 000 candidates cover all slots (coupon collector); the bound only
+        // guards against an impossible loop.
+        for n in 0u32..10_000_000 {
+            let tag = n.to_string();
+            let s = usize::from(crc16(tag.as_bytes()) % SLOTS as u16);
+            if tags[s].is_empty() {
+                tags[s] = tag;
+                missing -= 1;
+                if missing == 0 {
+                    break;
+                }
+            }
         }
-    }
-    format!("master-{index}")
+        tags
+    });
+    tags.get(usize::from(slot)).map_or("", String::as_str)
 }
 
 fn int(v: &Value) -> Option<i64> {
@@ -202,7 +244,12 @@ mod tests {
 
     #[test]
     fn topology_from_cluster_slots() {
-        let node = |port: i64| Value::Array(vec![Value::BulkString(b"127.0.0.1".to_vec()), Value::Int(port)]);
+        let node = |port: i64| {
+            Value::Array(vec![
+                Value::BulkString(b"127.0.0.1".to_vec()),
+                Value::Int(port),
+            ])
+        };
         let reply = Value::Array(vec![
             Value::Array(vec![Value::Int(5461), Value::Int(10922), node(7001)]),
             Value::Array(vec![Value::Int(0), Value::Int(5460), node(7000)]),
@@ -214,15 +261,39 @@ mod tests {
         assert_eq!(t.owner(6000), 1);
         assert_eq!(t.owner(16383), 2);
         for (i, m) in t.masters.iter().enumerate() {
-            assert_eq!(t.owner_of_key(m.tag.as_bytes()), i);
+            assert_eq!(t.owner(m.home_slot), i);
+            assert_eq!(t.slots_of(i).next(), Some(m.home_slot));
         }
-        let partial = Value::Array(vec![Value::Array(vec![Value::Int(0), Value::Int(10), node(7000)])]);
-        assert!(matches!(Topology::from_cluster_slots(&partial, "h"), Err(TopologyError::Uncovered(11))));
+        assert_eq!(t.slots_of(1).count(), 10922 - 5461 + 1);
+        let partial = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(10),
+            node(7000),
+        ])]);
+        assert!(matches!(
+            Topology::from_cluster_slots(&partial, "h"),
+            Err(TopologyError::Uncovered(11))
+        ));
+    }
+
+    #[test]
+    fn every_slot_has_a_tag() {
+        for s in [0u16, 1, 5460, 12182, 16383] {
+            let key = format!("x{{{}}}y", slot_tag(s));
+            assert_eq!(key_slot(key.as_bytes()), s);
+        }
+        assert!((0..16384u16).all(|s| !slot_tag(s).is_empty()));
     }
 
     #[test]
     fn groups_keys_by_slot() {
-        let args: Vec<Vec<u8>> = vec![b"{a}1".to_vec(), b"v".to_vec(), b"{b}1".to_vec(), b"v".to_vec(), b"{a}2".to_vec()];
+        let args: Vec<Vec<u8>> = vec![
+            b"{a}1".to_vec(),
+            b"v".to_vec(),
+            b"{b}1".to_vec(),
+            b"v".to_vec(),
+            b"{a}2".to_vec(),
+        ];
         let g = group_by_slot(&args, &[0, 2, 4]);
         assert_eq!(g.len(), 2);
         assert_eq!(g[0].1, vec![0, 4]);

@@ -96,7 +96,10 @@ impl TaskRunner {
         let (stop, stop_rx) = watch::channel(false);
         let span = tracing::info_span!("task", task_id = %ctx.task_id);
         let join = tokio::spawn(tracing::Instrument::instrument(run(ctx, stop_rx), span));
-        Self { stop, join: Some(join) }
+        Self {
+            stop,
+            join: Some(join),
+        }
     }
 
     /// Stops applying and waits until in-flight writes have finished. The position stays
@@ -106,6 +109,15 @@ impl TaskRunner {
         if let Some(j) = self.join.take() {
             let _ = j.await;
         }
+    }
+}
+
+/// A background task that ends with its owner, also when the owner is aborted.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -122,7 +134,11 @@ enum SessionEnd {
 
 impl From<WriteError> for SessionEnd {
     fn from(e: WriteError) -> Self {
-        if e.is_transient() { SessionEnd::Transient(e.to_string()) } else { SessionEnd::Fatal(e.to_string()) }
+        if e.is_transient() {
+            SessionEnd::Transient(e.to_string())
+        } else {
+            SessionEnd::Fatal(e.to_string())
+        }
     }
 }
 
@@ -131,9 +147,12 @@ fn from_status(what: &str, s: &tonic::Status) -> SessionEnd {
     let text = format!("ingest {what}: {}: {}", s.code(), s.message());
     match s.code() {
         // These do not go away by retrying: the task or the deployment needs fixing.
-        Code::InvalidArgument | Code::Unimplemented | Code::PermissionDenied | Code::Unauthenticated | Code::FailedPrecondition => {
-            SessionEnd::Fatal(text)
-        }
+        Code::InvalidArgument
+        | Code::Unimplemented
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::FailedPrecondition
+        | Code::DataLoss => SessionEnd::Fatal(text),
         _ => SessionEnd::Transient(text),
     }
 }
@@ -146,7 +165,10 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 
 async fn run(ctx: RunnerContext, mut stop: watch::Receiver<bool>) {
     let shared = Arc::new(Shared::new(&ctx));
-    let reporter = tokio::spawn(report_status(shared.clone(), ctx.spec.heartbeat.clone().unwrap_or_default()));
+    let reporter = AbortOnDrop(tokio::spawn(report_status(
+        shared.clone(),
+        ctx.spec.heartbeat.clone().unwrap_or_default(),
+    )));
     let errors_transient = ctx.metrics.counter(
         "redis_sync_apply_errors_total",
         "Errors of the apply data path, by kind (transient: retried; fatal: the task failed).",
@@ -186,7 +208,7 @@ async fn run(ctx: RunnerContext, mut stop: watch::Receiver<bool>) {
             }
         }
     }
-    reporter.abort();
+    drop(reporter);
     shared.publish_status(&ctx.spec.heartbeat.clone().unwrap_or_default());
 }
 
@@ -200,31 +222,36 @@ fn writer_options(ctx: &RunnerContext, shard_id: &str) -> WriterOptions {
             .filter(|m| *m != ConflictMode::Unspecified)
             // The safe default: never replace what the destination holds.
             .unwrap_or(ConflictMode::Intercept),
-        dbmap: DbMap::new(&ctx.spec.databases, &ctx.spec.db_mapping, endpoint::is_cluster(&dest)),
+        dbmap: DbMap::new(
+            &ctx.spec.databases,
+            &ctx.spec.db_mapping,
+            endpoint::is_cluster(&dest),
+        ),
         multi_shard_source: ctx.spec.source.as_ref().is_some_and(endpoint::is_cluster),
         destination: dest,
         metrics: ctx.metrics.clone(),
     }
 }
 
-async fn session(ctx: &RunnerContext, shared: &Arc<Shared>, stop: &mut watch::Receiver<bool>) -> SessionEnd {
+/// Connects, reads the checkpoints and subscribes: what a session does before it applies.
+async fn open_session(
+    ctx: &RunnerContext,
+    shared: &Arc<Shared>,
+) -> Result<(IngestClient, tonic::Streaming<SubscribeResponse>), SessionEnd> {
     let dest_endpoint = ctx.spec.destination.clone().unwrap_or_default();
-    let mut dest = match Destination::open(&dest_endpoint, &ctx.task_id).await {
-        Ok(d) => d,
-        Err(e) => return e.into(),
-    };
-    if let Err(e) = dest.fence(&ctx.task_id).await {
-        return e.into();
-    }
-    let checkpoints = match dest.read_checkpoints().await {
-        Ok(c) => c,
-        Err(e) => return e.into(),
-    };
+    let mut dest = Destination::open(&dest_endpoint, &ctx.task_id).await?;
+    dest.fence().await?;
+    let checkpoints = dest.read_checkpoints().await?;
     drop(dest);
+    // Each shard resumes after its global checkpoint: everything up to it is applied
+    // everywhere (on a cluster, the slots' own checkpoints then skip what a slot already
+    // has beyond it).
     let start: Vec<ShardPosition> = checkpoints
+        .global
         .iter()
-        .filter_map(|(shard, list)| {
-            writer::start_position(list).map(|p| ShardPosition { shard_id: shard.clone(), position: Some(p) })
+        .map(|(shard, c)| ShardPosition {
+            shard_id: shard.clone(),
+            position: Some(c.position.clone()),
         })
         .collect();
     for s in &start {
@@ -232,20 +259,33 @@ async fn session(ctx: &RunnerContext, shared: &Arc<Shared>, stop: &mut watch::Re
     }
     tracing::info!(start = ?start.iter().map(|s| (&s.shard_id, s.position.as_ref().map(|p| p.offset))).collect::<Vec<_>>(), "subscribing");
 
-    let endpoint = if ctx.spec.ingest_endpoint.is_empty() { &ctx.config.ingest_endpoint } else { &ctx.spec.ingest_endpoint };
-    let mut client = match ingest_client(endpoint, &ctx.config) {
-        Ok(c) => c,
-        Err(e) => return SessionEnd::Fatal(e.to_string()),
+    let endpoint = if ctx.spec.ingest_endpoint.is_empty() {
+        &ctx.config.ingest_endpoint
+    } else {
+        &ctx.spec.ingest_endpoint
     };
-    if ctx.spec.source.as_ref().is_some_and(endpoint::is_cluster) && shared.expected_shards().is_none() {
-        // With several source shards, "every shard finished its full copy" needs their
-        // number; ask once. Without it, only the shards seen so far count.
-        match client.probe_source(ProbeSourceRequest { source: ctx.spec.source.clone() }).await {
-            Ok(r) if !r.get_ref().masters.is_empty() => shared.set_expected_shards(r.get_ref().masters.len()),
-            Ok(_) => {}
-            Err(s) => tracing::warn!(error = %s, "ProbeSource failed; the full copy counts as done once the shards seen so far finish"),
+    let mut client =
+        ingest_client(endpoint, &ctx.config).map_err(|e| SessionEnd::Fatal(e.to_string()))?;
+    if ctx.spec.source.as_ref().is_some_and(endpoint::is_cluster) {
+        if shared.expected_shards().is_none() {
+            // With several source shards, "every shard finished its full copy" needs their
+            // number; ask once. Without it, only the shards seen so far count.
+            match client
+                .probe_source(ProbeSourceRequest {
+                    source: ctx.spec.source.clone(),
+                })
+                .await
+            {
+                Ok(r) if !r.get_ref().masters.is_empty() => {
+                    shared.set_expected_shards(r.get_ref().masters.len())
+                }
+                Ok(_) => {}
+                Err(s) => {
+                    tracing::warn!(error = %s, "ProbeSource failed; the full copy counts as done once the shards seen so far finish")
+                }
+            }
         }
-    } else if !ctx.spec.source.as_ref().is_some_and(endpoint::is_cluster) {
+    } else {
         shared.set_expected_shards(1);
     }
     shared.evaluate();
@@ -257,13 +297,34 @@ async fn session(ctx: &RunnerContext, shared: &Arc<Shared>, stop: &mut watch::Re
         heartbeat: ctx.spec.heartbeat.clone(),
         chunk_threshold_bytes: 0,
     };
-    let mut stream = match client.subscribe(request).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => return from_status("Subscribe", &s),
+    let stream = client
+        .subscribe(request)
+        .await
+        .map_err(|s| from_status("Subscribe", &s))?
+        .into_inner();
+    Ok((client, stream))
+}
+
+async fn session(
+    ctx: &RunnerContext,
+    shared: &Arc<Shared>,
+    stop: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    // Nothing is in flight yet, so a stop may cut the setup short.
+    let (mut client, mut stream) = tokio::select! {
+        opened = open_session(ctx, shared) => match opened {
+            Ok(o) => o,
+            Err(end) => return end,
+        },
+        () = stopped(stop) => return SessionEnd::Stopped,
     };
 
     let acks = Arc::new(Acks::default());
-    let mut ack_task = tokio::spawn(ack_loop(client.clone(), ctx.task_id.clone(), acks.clone()));
+    let ack_task = AbortOnDrop(tokio::spawn(ack_loop(
+        client.clone(),
+        ctx.task_id.clone(),
+        acks.clone(),
+    )));
     let (worker_stop_tx, worker_stop) = watch::channel(false);
     let mut senders: HashMap<String, mpsc::Sender<SubscribeResponse>> = HashMap::new();
     let mut workers: JoinSet<(String, Result<(), WriteError>)> = JoinSet::new();
@@ -316,8 +377,7 @@ async fn session(ctx: &RunnerContext, shared: &Arc<Shared>, stop: &mut watch::Re
             }
         }
     }
-    ack_task.abort();
-    let _ = (&mut ack_task).await;
+    drop(ack_task);
     // The last positions, so ingest can free its spool without waiting for the next session.
     flush_acks(&mut client, &ctx.task_id, &acks).await;
     end
@@ -371,7 +431,14 @@ impl Acks {
             return None;
         }
         g.1 = false;
-        Some(g.0.iter().map(|(s, p)| ShardPosition { shard_id: s.clone(), position: Some(p.clone()) }).collect())
+        Some(
+            g.0.iter()
+                .map(|(s, p)| ShardPosition {
+                    shard_id: s.clone(),
+                    position: Some(p.clone()),
+                })
+                .collect(),
+        )
     }
     fn mark_changed(&self) {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
@@ -380,12 +447,16 @@ impl Acks {
 
 async fn flush_acks(client: &mut IngestClient, task_id: &str, acks: &Acks) {
     if let Some(positions) = acks.take_if_changed() {
-        let req = AcknowledgeRequest { subscriber_id: task_id.to_owned(), positions };
+        let req = AcknowledgeRequest {
+            subscriber_id: task_id.to_owned(),
+            positions,
+        };
         // The checkpoint in the destination is what counts; a lost acknowledgement only
         // keeps ingest's spool a little longer.
-        if let Err(s) = tokio::time::timeout(Duration::from_secs(5), client.acknowledge(req)).await.unwrap_or_else(|_| {
-            Err(tonic::Status::deadline_exceeded("acknowledge timed out"))
-        }) {
+        if let Err(s) = tokio::time::timeout(Duration::from_secs(2), client.acknowledge(req))
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("acknowledge timed out")))
+        {
             tracing::debug!(error = %s, "Acknowledge failed; retrying with the next one");
             acks.mark_changed();
         }
@@ -442,7 +513,12 @@ impl Shared {
             observer: ctx.observer.clone(),
             task_id: ctx.task_id.clone(),
             metrics: ctx.metrics.clone(),
-            state: Mutex::new(SharedState { shards: BTreeMap::new(), expected_shards: None, reported: Reported::Nothing, batches: 0 }),
+            state: Mutex::new(SharedState {
+                shards: BTreeMap::new(),
+                expected_shards: None,
+                reported: Reported::Nothing,
+                batches: 0,
+            }),
         }
     }
 
@@ -466,7 +542,11 @@ impl Shared {
         let mut g = self.lock();
         let s = g.shards.entry(shard.to_owned()).or_default();
         if let Some(p) = &position {
-            s.phase = if p.in_snapshot { ShardPhase::Snapshot as i32 } else { ShardPhase::Streaming as i32 };
+            s.phase = if p.in_snapshot {
+                ShardPhase::Snapshot as i32
+            } else {
+                ShardPhase::Streaming as i32
+            };
         }
         s.applied = position;
     }
@@ -475,10 +555,17 @@ impl Shared {
         let mut g = self.lock();
         let s = g.shards.entry(shard.to_owned()).or_default();
         s.received_offset = s.received_offset.max(offset);
-        let lag = s.applied.as_ref().map_or(0, |p| offset.saturating_sub(p.offset));
+        let lag = s
+            .applied
+            .as_ref()
+            .map_or(0, |p| offset.saturating_sub(p.offset));
         drop(g);
         self.metrics
-            .gauge("redis_sync_apply_lag_bytes", "Replication bytes received by ingest but not yet applied.", &[("task", &self.task_id), ("shard", shard)])
+            .gauge(
+                "redis_sync_apply_lag_bytes",
+                "Replication bytes received by ingest but not yet applied.",
+                &[("task", &self.task_id), ("shard", shard)],
+            )
             .set(i64::try_from(lag).unwrap_or(i64::MAX));
     }
 
@@ -514,12 +601,23 @@ impl Shared {
                 s.heartbeat_source_ms = Some(ms);
                 s.heartbeat_delay_ms = Some(delay);
                 self.metrics
-                    .gauge("redis_sync_apply_heartbeat_delay_ms", "Now minus the source time of the last heartbeat applied.", &[("task", &self.task_id), ("shard", shard)])
+                    .gauge(
+                        "redis_sync_apply_heartbeat_delay_ms",
+                        "Now minus the source time of the last heartbeat applied.",
+                        &[("task", &self.task_id), ("shard", shard)],
+                    )
                     .set(delay);
             }
-            let lag = s.applied.as_ref().map_or(0, |p| s.received_offset.saturating_sub(p.offset));
+            let lag = s
+                .applied
+                .as_ref()
+                .map_or(0, |p| s.received_offset.saturating_sub(p.offset));
             self.metrics
-                .gauge("redis_sync_apply_lag_bytes", "Replication bytes received by ingest but not yet applied.", &[("task", &self.task_id), ("shard", shard)])
+                .gauge(
+                    "redis_sync_apply_lag_bytes",
+                    "Replication bytes received by ingest but not yet applied.",
+                    &[("task", &self.task_id), ("shard", shard)],
+                )
                 .set(i64::try_from(lag).unwrap_or(i64::MAX));
             if started && g.reported != Reported::Started {
                 g.reported = Reported::Started;
@@ -539,9 +637,12 @@ impl Shared {
             let mut g = self.lock();
             let phases: Vec<i32> = g.shards.values().map(|s| s.phase).collect();
             let enough = g.expected_shards.is_none_or(|n| phases.len() >= n);
-            let want = if phases.iter().any(|p| *p == ShardPhase::Snapshot as i32) {
+            let want = if phases.contains(&(ShardPhase::Snapshot as i32)) {
                 Some(Reported::Started)
-            } else if enough && !phases.is_empty() && phases.iter().all(|p| *p == ShardPhase::Streaming as i32) {
+            } else if enough
+                && !phases.is_empty()
+                && phases.iter().all(|p| *p == ShardPhase::Streaming as i32)
+            {
                 Some(Reported::Done)
             } else {
                 None
@@ -567,7 +668,11 @@ impl Shared {
     fn status(&self, heartbeat: &HeartbeatOptions) -> TaskStatus {
         let g = self.lock();
         let now = writer::now_ms();
-        let interval = i64::from(if heartbeat.interval_ms == 0 { 1000 } else { heartbeat.interval_ms });
+        let interval = i64::from(if heartbeat.interval_ms == 0 {
+            1000
+        } else {
+            heartbeat.interval_ms
+        });
         let mut shards = Vec::new();
         let mut fraction_sum = 0.0;
         let mut max_delay = -1i64;
@@ -594,12 +699,19 @@ impl Shared {
                 bytes_done: 0,
                 bytes_estimated: s.bytes_estimated,
                 applied: s.applied.clone(),
-                lag_bytes: s.applied.as_ref().map_or(0, |p| s.received_offset.saturating_sub(p.offset)),
+                lag_bytes: s
+                    .applied
+                    .as_ref()
+                    .map_or(0, |p| s.received_offset.saturating_sub(p.offset)),
                 heartbeat_delay_ms: delay,
             });
         }
         let count = g.expected_shards.unwrap_or(0).max(g.shards.len()).max(1);
-        TaskStatus { progress_percent: (fraction_sum / count as f64 * 100.0).clamp(0.0, 100.0), shards, heartbeat_delay_ms: max_delay }
+        TaskStatus {
+            progress_percent: (fraction_sum / count as f64 * 100.0).clamp(0.0, 100.0),
+            shards,
+            heartbeat_delay_ms: max_delay,
+        }
     }
 
     fn publish_status(&self, heartbeat: &HeartbeatOptions) {

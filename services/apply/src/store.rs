@@ -31,7 +31,9 @@ impl StoredTask {
     /// The task; a record without one decodes as an empty task rather than panicking.
     pub fn task(&self) -> &Task {
         static EMPTY: std::sync::OnceLock<Task> = std::sync::OnceLock::new();
-        self.task.as_ref().unwrap_or_else(|| EMPTY.get_or_init(Task::default))
+        self.task
+            .as_ref()
+            .unwrap_or_else(|| EMPTY.get_or_init(Task::default))
     }
 
     /// The task, mutably (created when absent).
@@ -102,7 +104,10 @@ pub struct Store {
 impl Store {
     /// Opens `path`, creating it (mode 0600) when missing.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let io = |source| StoreError::Io { path: path.to_owned(), source };
+        let io = |source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let mut options = std::fs::OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]
@@ -116,12 +121,19 @@ impl Store {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io)?;
         }
         let db = redb::Builder::new()
             .create_file(file)
-            .map_err(|e| StoreError::Db { path: path.to_owned(), source: e.into() })?;
-        let store = Store { db, path: path.to_owned() };
+            .map_err(|e| StoreError::Db {
+                path: path.to_owned(),
+                source: e.into(),
+            })?;
+        let store = Store {
+            db,
+            path: path.to_owned(),
+        };
         // Create the table up front so that reads never meet a missing table.
         let txn = store.db.begin_write().map_err(|e| store.db_err(e))?;
         txn.open_table(TASKS).map_err(|e| store.db_err(e))?;
@@ -135,7 +147,10 @@ impl Store {
     }
 
     fn db_err(&self, e: impl Into<redb::Error>) -> StoreError {
-        StoreError::Db { path: self.path.clone(), source: e.into() }
+        StoreError::Db {
+            path: self.path.clone(),
+            source: e.into(),
+        }
     }
 
     fn decode(&self, id: &str, bytes: &[u8]) -> Result<StoredTask, StoreError> {
@@ -231,14 +246,18 @@ mod tests {
     use super::*;
 
     fn temp_path(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("redis-sync-store-{tag}-{}", uuid::Uuid::new_v4()));
+        let dir =
+            std::env::temp_dir().join(format!("redis-sync-store-{tag}-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("tasks.redb")
     }
 
     fn record(id: &str) -> StoredTask {
         StoredTask {
-            task: Some(Task { id: id.to_owned(), ..Task::default() }),
+            task: Some(Task {
+                id: id.to_owned(),
+                ..Task::default()
+            }),
             resume_state: 0,
         }
     }
@@ -257,8 +276,14 @@ mod tests {
                 })
                 .unwrap();
             assert_eq!(r.task().failure_reason, "x");
-            assert!(matches!(store.update::<(), ()>("zz", |_| Ok(())), Err(UpdateError::NotFound)));
-            assert!(matches!(store.update::<(), &str>("a", |_| Err("no")), Err(UpdateError::Rejected("no"))));
+            assert!(matches!(
+                store.update::<(), ()>("zz", |_| Ok(())),
+                Err(UpdateError::NotFound)
+            ));
+            assert!(matches!(
+                store.update::<(), &str>("a", |_| Err("no")),
+                Err(UpdateError::Rejected("no"))
+            ));
             store.delete_if::<()>("b", |_| Ok(())).unwrap();
             assert!(store.get("b").unwrap().is_none());
         }
@@ -277,6 +302,9 @@ mod tests {
     fn open_error_names_the_path() {
         let path = Path::new("/nonexistent-dir-redis-sync/tasks.redb");
         let err = Store::open(path).unwrap_err().to_string();
-        assert!(err.contains("/nonexistent-dir-redis-sync/tasks.redb"), "{err}");
+        assert!(
+            err.contains("/nonexistent-dir-redis-sync/tasks.redb"),
+            "{err}"
+        );
     }
 }

@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use redis_sync_proto::v1::{
-    ConflictMode, HeartbeatOptions, InstanceMode, RedisEndpoint, SyncType, Task, TaskSpec, TaskState,
+    ConflictMode, HeartbeatOptions, InstanceMode, RedisEndpoint, SyncType, Task, TaskSpec,
+    TaskState,
 };
 
 use crate::endpoint;
@@ -27,7 +28,10 @@ pub struct FieldError {
 }
 
 fn field_err(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
-    FieldError { field: field.into(), reason: reason.into() }
+    FieldError {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 /// The short name of a state ("PAUSED"), or "UNKNOWN(n)" for a value this build does not know.
@@ -57,7 +61,10 @@ pub fn redact(task: &mut Task) {
 
 /// Blanks the passwords of a spec, keeping `password_set`.
 pub fn redact_spec(spec: &mut TaskSpec) {
-    for ep in [spec.source.as_mut(), spec.destination.as_mut()].into_iter().flatten() {
+    for ep in [spec.source.as_mut(), spec.destination.as_mut()]
+        .into_iter()
+        .flatten()
+    {
         ep.password_set = !ep.password.is_empty();
         ep.password.clear();
     }
@@ -67,7 +74,11 @@ pub fn redact_spec(spec: &mut TaskSpec) {
 /// type, heartbeat prefix, ingest endpoint), `password_set` recomputed. `default_ingest`
 /// is apply's `--ingest-endpoint`; a task is bound to its ingest for life because the
 /// subscription's spool lives there.
-pub fn validate_spec(spec: Option<TaskSpec>, default_ingest: &str, id: &str) -> Result<TaskSpec, FieldError> {
+pub fn validate_spec(
+    spec: Option<TaskSpec>,
+    default_ingest: &str,
+    id: &str,
+) -> Result<TaskSpec, FieldError> {
     let mut spec = spec.ok_or_else(|| field_err("spec", "required"))?;
 
     if spec.name.trim().is_empty() {
@@ -89,12 +100,22 @@ pub fn validate_spec(spec: Option<TaskSpec>, default_ingest: &str, id: &str) -> 
 
     match ConflictMode::try_from(spec.conflict_mode) {
         Ok(ConflictMode::Intercept | ConflictMode::Overwrite) => {}
-        _ => return Err(field_err("spec.conflict_mode", "must be INTERCEPT or OVERWRITE")),
+        _ => {
+            return Err(field_err(
+                "spec.conflict_mode",
+                "must be INTERCEPT or OVERWRITE",
+            ));
+        }
     }
     match SyncType::try_from(spec.sync_type) {
         Ok(SyncType::Unspecified) => spec.sync_type = SyncType::FullAndIncremental as i32,
         Ok(SyncType::FullAndIncremental) => {}
-        Err(_) => return Err(field_err("spec.sync_type", format!("unknown value {}", spec.sync_type))),
+        Err(_) => {
+            return Err(field_err(
+                "spec.sync_type",
+                format!("unknown value {}", spec.sync_type),
+            ));
+        }
     }
 
     validate_databases(&spec, source.0, destination.0)?;
@@ -103,14 +124,24 @@ pub fn validate_spec(spec: Option<TaskSpec>, default_ingest: &str, id: &str) -> 
     if hb.interval_ms != 0 && !(100..=60_000).contains(&hb.interval_ms) {
         return Err(field_err(
             "spec.heartbeat.interval_ms",
-            format!("{} is outside 100..=60000 (0 means the default, 1000)", hb.interval_ms),
+            format!(
+                "{} is outside 100..=60000 (0 means the default, 1000)",
+                hb.interval_ms
+            ),
         ));
     }
     if hb.key_prefix.is_empty() {
         hb.key_prefix = DEFAULT_HEARTBEAT_PREFIX.to_owned();
     } else if hb.key_prefix.len() > 200 {
-        return Err(field_err("spec.heartbeat.key_prefix", "longer than 200 bytes"));
-    } else if hb.key_prefix.chars().any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}') {
+        return Err(field_err(
+            "spec.heartbeat.key_prefix",
+            "longer than 200 bytes",
+        ));
+    } else if hb
+        .key_prefix
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
+    {
         // Braces would become the key's hash tag and pin every master's heartbeat key to
         // one slot; ingest adds its own tag per master.
         return Err(field_err(
@@ -121,21 +152,36 @@ pub fn validate_spec(spec: Option<TaskSpec>, default_ingest: &str, id: &str) -> 
 
     if spec.ingest_endpoint.is_empty() {
         spec.ingest_endpoint = default_ingest.to_owned();
-    } else if let Err(e) = crate::config::validate_endpoint("spec.ingest_endpoint", &spec.ingest_endpoint) {
+    } else if let Err(e) =
+        crate::config::validate_endpoint("spec.ingest_endpoint", &spec.ingest_endpoint)
+    {
         return Err(field_err("spec.ingest_endpoint", e.reason));
     }
     Ok(spec)
 }
 
-fn validate_endpoint(field: &str, ep: Option<&mut RedisEndpoint>) -> Result<(InstanceMode, String), FieldError> {
+fn validate_endpoint(
+    field: &str,
+    ep: Option<&mut RedisEndpoint>,
+) -> Result<(InstanceMode, String), FieldError> {
     let ep = ep.ok_or_else(|| field_err(field, "required"))?;
     let mode = match InstanceMode::try_from(ep.mode) {
         Ok(m @ (InstanceMode::Standalone | InstanceMode::Cluster)) => m,
-        _ => return Err(field_err(format!("{field}.mode"), "must be STANDALONE or CLUSTER")),
+        _ => {
+            return Err(field_err(
+                format!("{field}.mode"),
+                "must be STANDALONE or CLUSTER",
+            ));
+        }
     };
     ep.address = ep.address.trim().to_owned();
     match endpoint::host_port(&ep.address) {
-        Ok((_, 0)) => return Err(field_err(format!("{field}.address"), format!("{:?}: port 0", ep.address))),
+        Ok((_, 0)) => {
+            return Err(field_err(
+                format!("{field}.address"),
+                format!("{:?}: port 0", ep.address),
+            ));
+        }
         Ok(_) => {}
         Err(_) => {
             return Err(field_err(
@@ -144,17 +190,25 @@ fn validate_endpoint(field: &str, ep: Option<&mut RedisEndpoint>) -> Result<(Ins
             ));
         }
     }
-    if ep.username.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(field_err(format!("{field}.username"), "contains whitespace or control characters"));
+    if ep
+        .username
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(field_err(
+            format!("{field}.username"),
+            "contains whitespace or control characters",
+        ));
     }
     ep.password_set = !ep.password.is_empty();
-    if let Some(tls) = &ep.tls {
-        if tls.enabled && tls.cert_file.is_empty() != tls.key_file.is_empty() {
-            return Err(field_err(
-                format!("{field}.tls"),
-                "cert_file and key_file go together",
-            ));
-        }
+    if let Some(tls) = &ep.tls
+        && tls.enabled
+        && tls.cert_file.is_empty() != tls.key_file.is_empty()
+    {
+        return Err(field_err(
+            format!("{field}.tls"),
+            "cert_file and key_file go together",
+        ));
     }
     Ok((mode, ep.address.clone()))
 }
@@ -163,7 +217,11 @@ fn same_address(a: &str, b: &str) -> bool {
     let norm = |s: &str| match endpoint::host_port(s) {
         Ok((host, port)) => {
             let host = host.to_ascii_lowercase();
-            let host = if host == "localhost" { "127.0.0.1".to_owned() } else { host };
+            let host = if host == "localhost" {
+                "127.0.0.1".to_owned()
+            } else {
+                host
+            };
             format!("{host}:{port}")
         }
         Err(_) => s.to_owned(),
@@ -171,11 +229,18 @@ fn same_address(a: &str, b: &str) -> bool {
     norm(a) == norm(b)
 }
 
-fn validate_databases(spec: &TaskSpec, source: InstanceMode, destination: InstanceMode) -> Result<(), FieldError> {
+fn validate_databases(
+    spec: &TaskSpec,
+    source: InstanceMode,
+    destination: InstanceMode,
+) -> Result<(), FieldError> {
     let mut seen = BTreeSet::new();
     for (i, &db) in spec.databases.iter().enumerate() {
         if db >= DATABASES {
-            return Err(field_err(format!("spec.databases[{i}]"), format!("{db} is outside 0..=15")));
+            return Err(field_err(
+                format!("spec.databases[{i}]"),
+                format!("{db} is outside 0..=15"),
+            ));
         }
         if source == InstanceMode::Cluster && db != 0 {
             return Err(field_err(
@@ -184,22 +249,37 @@ fn validate_databases(spec: &TaskSpec, source: InstanceMode, destination: Instan
             ));
         }
         if !seen.insert(db) {
-            return Err(field_err(format!("spec.databases[{i}]"), format!("{db} is listed twice")));
+            return Err(field_err(
+                format!("spec.databases[{i}]"),
+                format!("{db} is listed twice"),
+            ));
         }
     }
     for (&from, &to) in &spec.db_mapping {
         let field = format!("spec.db_mapping[{from}]");
         if from >= DATABASES {
-            return Err(field_err(field, format!("source database {from} is outside 0..=15")));
+            return Err(field_err(
+                field,
+                format!("source database {from} is outside 0..=15"),
+            ));
         }
         if to >= DATABASES {
-            return Err(field_err(field, format!("destination database {to} is outside 0..=15")));
+            return Err(field_err(
+                field,
+                format!("destination database {to} is outside 0..=15"),
+            ));
         }
         if destination == InstanceMode::Cluster && to != 0 {
-            return Err(field_err(field, format!("{to}: a cluster destination has only database 0")));
+            return Err(field_err(
+                field,
+                format!("{to}: a cluster destination has only database 0"),
+            ));
         }
         if !selected_databases(spec).contains(&from) {
-            return Err(field_err(field, format!("source database {from} is not selected in spec.databases")));
+            return Err(field_err(
+                field,
+                format!("source database {from} is not selected in spec.databases"),
+            ));
         }
     }
     // Two source databases in one destination database would merge keyspaces, and a
@@ -209,7 +289,9 @@ fn validate_databases(spec: &TaskSpec, source: InstanceMode, destination: Instan
         if destination == InstanceMode::Cluster && to != 0 {
             return Err(field_err(
                 "spec.databases",
-                format!("source database {from} would go to database {to}, but a cluster destination has only database 0; select one database and map it to 0"),
+                format!(
+                    "source database {from} would go to database {to}, but a cluster destination has only database 0; select one database and map it to 0"
+                ),
             ));
         }
         if let Some(other) = targets.insert(to, from) {
@@ -231,7 +313,11 @@ pub fn selected_databases(spec: &TaskSpec) -> Vec<u32> {
         return dbs;
     }
     let cluster = spec.source.as_ref().is_some_and(endpoint::is_cluster);
-    if cluster { vec![0] } else { (0..DATABASES).collect() }
+    if cluster {
+        vec![0]
+    } else {
+        (0..DATABASES).collect()
+    }
 }
 
 /// (source db, destination db) for every selected database.
@@ -247,7 +333,12 @@ mod tests {
     use super::*;
 
     fn ep(mode: InstanceMode, addr: &str) -> Option<RedisEndpoint> {
-        Some(RedisEndpoint { mode: mode as i32, address: addr.into(), password: "pw".into(), ..Default::default() })
+        Some(RedisEndpoint {
+            mode: mode as i32,
+            address: addr.into(),
+            password: "pw".into(),
+            ..Default::default()
+        })
     }
 
     fn spec() -> TaskSpec {
@@ -275,19 +366,55 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named() {
-        let cases: Vec<(Box<dyn Fn(&mut TaskSpec)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut TaskSpec)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|s| s.source = None), "spec.source"),
-            (Box::new(|s| s.source.as_mut().unwrap().address = "nohost".into()), "spec.source.address"),
-            (Box::new(|s| s.destination.as_mut().unwrap().mode = 0), "spec.destination.mode"),
-            (Box::new(|s| s.destination.as_mut().unwrap().address = "127.0.0.1:6379".into()), "spec.destination.address"),
+            (
+                Box::new(|s| s.source.as_mut().unwrap().address = "nohost".into()),
+                "spec.source.address",
+            ),
+            (
+                Box::new(|s| s.destination.as_mut().unwrap().mode = 0),
+                "spec.destination.mode",
+            ),
+            (
+                Box::new(|s| s.destination.as_mut().unwrap().address = "127.0.0.1:6379".into()),
+                "spec.destination.address",
+            ),
             (Box::new(|s| s.conflict_mode = 0), "spec.conflict_mode"),
             (Box::new(|s| s.databases = vec![16]), "spec.databases[0]"),
             (Box::new(|s| s.databases = vec![1, 1]), "spec.databases[1]"),
-            (Box::new(|s| { s.databases = vec![1]; s.db_mapping.insert(1, 16); }), "spec.db_mapping[1]"),
-            (Box::new(|s| { s.databases = vec![1, 2]; s.db_mapping.insert(1, 2); }), "spec.db_mapping"),
-            (Box::new(|s| s.heartbeat = Some(HeartbeatOptions { interval_ms: 50, ..Default::default() })), "spec.heartbeat.interval_ms"),
-            (Box::new(|s| s.ingest_endpoint = "ftp://x:1".into()), "spec.ingest_endpoint"),
-            (Box::new(|s| s.destination.as_mut().unwrap().mode = InstanceMode::Cluster as i32), "spec.databases"),
+            (
+                Box::new(|s| {
+                    s.databases = vec![1];
+                    s.db_mapping.insert(1, 16);
+                }),
+                "spec.db_mapping[1]",
+            ),
+            (
+                Box::new(|s| {
+                    s.databases = vec![1, 2];
+                    s.db_mapping.insert(1, 2);
+                }),
+                "spec.db_mapping",
+            ),
+            (
+                Box::new(|s| {
+                    s.heartbeat = Some(HeartbeatOptions {
+                        interval_ms: 50,
+                        ..Default::default()
+                    })
+                }),
+                "spec.heartbeat.interval_ms",
+            ),
+            (
+                Box::new(|s| s.ingest_endpoint = "ftp://x:1".into()),
+                "spec.ingest_endpoint",
+            ),
+            (
+                Box::new(|s| s.destination.as_mut().unwrap().mode = InstanceMode::Cluster as i32),
+                "spec.databases",
+            ),
         ];
         for (edit, field) in cases {
             let mut s = spec();
@@ -314,7 +441,10 @@ mod tests {
 
     #[test]
     fn redaction_keeps_password_set() {
-        let mut t = Task { spec: Some(check(spec()).unwrap()), ..Default::default() };
+        let mut t = Task {
+            spec: Some(check(spec()).unwrap()),
+            ..Default::default()
+        };
         redact(&mut t);
         let s = t.spec.unwrap();
         assert!(s.source.as_ref().unwrap().password.is_empty());

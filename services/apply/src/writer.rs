@@ -17,20 +17,28 @@
 //!
 //! # Guarantee on a cluster destination
 //!
-//! A cluster cannot run one MULTI across masters, so each master gets its own MULTI
-//! carrying the commands that route to it **and its own checkpoint**
-//! (`redis-sync:checkpoint:{<tag>}:<task>`, tagged into a slot it owns). Every master's
-//! checkpoint is written for every group, even when no command of the group routes
-//! there, so the masters' checkpoints differ at most by the one group in flight when a
-//! process died. On restart the runner subscribes from the oldest of them and each master
-//! skips the events its own checkpoint already covers. The result is **exactly once per
-//! (source shard, destination master)**: every write reaches its master once, in source
-//! order. What a cluster cannot give: a source transaction whose keys live on several
-//! masters is atomic per master, not across masters; and if the destination's slots move
-//! between a crash and the restart, the one group in flight at the crash may be applied
-//! twice or not at all for the moved slots. `MOVED`/`ASK` abort the master's MULTI
-//! (nothing of it applies), the writer reports a transient error and the runner reloads
-//! the slot map and retries, so a migration in progress is waited out.
+//! Redis Cluster refuses a MULTI whose keys span slots (`CROSSSLOT` at EXEC, even when
+//! one master owns them all), so a master cannot take one MULTI with the commands of
+//! several slots plus a checkpoint. The unit is therefore the **slot**: each group of
+//! events becomes, on every master, one pipeline (masters in parallel) holding one
+//! `MULTI ... HSET redis-sync:checkpoint:{<tag>}:<task> <shard> <position> EXEC` per slot
+//! written to, the tag hashing into that slot (`router::slot_tag`). Keyless commands
+//! (FLUSHDB, FUNCTION, SCRIPT, PUBLISH) go into a MULTI of the master's lowest slot and
+//! are cut into groups of their own, so they keep their order against everything else.
+//! Once every slot MULTI of the group has committed, the **global** checkpoint
+//! `redis-sync:checkpoint:<task>` moves to the group's end.
+//!
+//! On restart the runner subscribes from the global checkpoint (everything before it is
+//! applied in every slot), and a command is skipped when its slot's own checkpoint
+//! already covers it. The result is **exactly once per (source shard, destination
+//! slot)**: every write reaches its slot once, in source order per slot, across crashes
+//! at any instant. Since a slot's checkpoint key lives in that slot, it moves with the
+//! slot's keys when the destination reshards, so the guarantee survives slot migration
+//! between a crash and the restart. What a cluster cannot give: a source transaction (or
+//! a split MSET/DEL) whose keys live in several slots is atomic per slot, not as a whole,
+//! and a reader may see slot A ahead of slot B for a moment. `MOVED`/`ASK` abort that
+//! slot's MULTI (nothing of it applies); the writer reports a transient error and the
+//! runner reloads the slot map and retries, so a migration in progress is waited out.
 //!
 //! # Keys the destination already expired
 //!
@@ -51,7 +59,7 @@
 //! checkpoint have been applied (Redis has no rollback): the task then fails with the
 //! command, key, db and reply, and the applied position is already past that command.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{Value, aio::MultiplexedConnection};
@@ -145,13 +153,22 @@ impl WriteError {
 }
 
 const NOT_APPLIED: &str = "nothing of that MULTI was applied";
-const APPLIED_PAST: &str = "the rest of its MULTI and the checkpoint were applied, so the task position is past it";
+const APPLIED_PAST: &str =
+    "the rest of its MULTI and the checkpoint were applied, so the task position is past it";
 
 /// Error codes that mean "later": the server or the cluster is busy or moving.
 fn transient_code(code: &str) -> bool {
     matches!(
         code,
-        "LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MOVED" | "ASK" | "MASTERDOWN" | "READONLY" | "NOREPLICAS"
+        "LOADING"
+            | "BUSY"
+            | "TRYAGAIN"
+            | "CLUSTERDOWN"
+            | "MOVED"
+            | "ASK"
+            | "MASTERDOWN"
+            | "READONLY"
+            | "NOREPLICAS"
     )
 }
 
@@ -160,21 +177,37 @@ fn transient_code(code: &str) -> bool {
 /// control commands (fatal: retrying the same command gives the same answer).
 fn from_redis(address: &str, e: &redis::RedisError) -> WriteError {
     let message = e.to_string();
-    if e.kind() == redis::ErrorKind::AuthenticationFailed || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM")) {
-        return WriteError::Fatal { address: address.to_owned(), message };
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+    {
+        return WriteError::Fatal {
+            address: address.to_owned(),
+            message,
+        };
     }
     match (e.kind(), e.code()) {
-        (redis::ErrorKind::Server(_) | redis::ErrorKind::Extension, Some(code)) if !transient_code(code) => {
-            WriteError::Fatal { address: address.to_owned(), message }
+        (redis::ErrorKind::Server(_) | redis::ErrorKind::Extension, Some(code))
+            if !transient_code(code) =>
+        {
+            WriteError::Fatal {
+                address: address.to_owned(),
+                message,
+            }
         }
-        _ => WriteError::Transient { address: address.to_owned(), message },
+        _ => WriteError::Transient {
+            address: address.to_owned(),
+            message,
+        },
     }
 }
 
 fn endpoint_error(e: endpoint::EndpointError) -> WriteError {
     match e {
         endpoint::EndpointError::Redis { address, source } => from_redis(&address, &source),
-        other => WriteError::Fatal { address: String::new(), message: other.to_string() },
+        other => WriteError::Fatal {
+            address: String::new(),
+            message: other.to_string(),
+        },
     }
 }
 
@@ -187,8 +220,14 @@ fn endpoint_error(e: endpoint::EndpointError) -> WriteError {
 pub fn missing_key_reply(command: &str, code: &str, detail: &str) -> MissingKey {
     match (code, detail) {
         ("ERR", d) if d.starts_with("no such key") => MissingKey::Yes,
-        ("ERR", d) if d.starts_with("index out of range") && command.eq_ignore_ascii_case("lset") => MissingKey::Yes,
-        ("ERR", d) if d.starts_with("The XGROUP subcommand requires the key to exist") => MissingKey::Yes,
+        ("ERR", d)
+            if d.starts_with("index out of range") && command.eq_ignore_ascii_case("lset") =>
+        {
+            MissingKey::Yes
+        }
+        ("ERR", d) if d.starts_with("The XGROUP subcommand requires the key to exist") => {
+            MissingKey::Yes
+        }
         ("NOGROUP", _) => MissingKey::IfAbsent,
         _ => MissingKey::No,
     }
@@ -210,13 +249,22 @@ pub enum MissingKey {
 pub fn client_name(task_id: &str) -> String {
     let clean: String = task_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.:".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.:".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("redis-sync-apply:{clean}")
 }
 
 /// Opens one connection to a destination node.
-pub async fn connect(dest: &RedisEndpoint, address: &str) -> Result<MultiplexedConnection, WriteError> {
+pub async fn connect(
+    dest: &RedisEndpoint,
+    address: &str,
+) -> Result<MultiplexedConnection, WriteError> {
     let info = endpoint::connection_info(dest, address).map_err(endpoint_error)?;
     let client = redis::Client::open(info).map_err(|e| from_redis(address, &e))?;
     let config = redis::AsyncConnectionConfig::new()
@@ -228,19 +276,32 @@ pub async fn connect(dest: &RedisEndpoint, address: &str) -> Result<MultiplexedC
         .map_err(|e| from_redis(address, &e))
 }
 
-async fn query(conn: &mut MultiplexedConnection, address: &str, args: &[&[u8]]) -> Result<Value, WriteError> {
+async fn query(
+    conn: &mut MultiplexedConnection,
+    address: &str,
+    args: &[&[u8]],
+) -> Result<Value, WriteError> {
     let mut c = redis::Cmd::new();
     for a in args {
         c.arg(*a);
     }
-    let v: Value = c.query_async(conn).await.map_err(|e| from_redis(address, &e))?;
+    let v: Value = c
+        .query_async(conn)
+        .await
+        .map_err(|e| from_redis(address, &e))?;
     match v {
         Value::ServerError(e) => {
             let message = format!("{} {}", e.code(), e.details().unwrap_or_default());
             if transient_code(e.code()) {
-                Err(WriteError::Transient { address: address.to_owned(), message })
+                Err(WriteError::Transient {
+                    address: address.to_owned(),
+                    message,
+                })
             } else {
-                Err(WriteError::Fatal { address: address.to_owned(), message })
+                Err(WriteError::Fatal {
+                    address: address.to_owned(),
+                    message,
+                })
             }
         }
         v => Ok(v),
@@ -262,11 +323,33 @@ struct Node {
     address: String,
     conn: MultiplexedConnection,
     version: ServerVersion,
-    checkpoint_key: String,
-    /// This shard's checkpoint on this node (None: nothing applied here yet).
-    committed: Option<Checkpoint>,
     /// SHA1s known to be in this node's script cache.
     scripts: HashSet<String>,
+}
+
+impl Node {
+    fn new(address: String, conn: MultiplexedConnection) -> Self {
+        Self {
+            address,
+            conn,
+            version: ServerVersion {
+                major: 2,
+                minor: 8,
+                patch: 0,
+            },
+            scripts: HashSet::new(),
+        }
+    }
+}
+
+/// The checkpoints a destination holds, for every shard.
+#[derive(Debug, Clone, Default)]
+pub struct StoredCheckpoints {
+    /// The global checkpoint of each shard (on a standalone destination, the only one):
+    /// where to subscribe from.
+    pub global: BTreeMap<String, Checkpoint>,
+    /// Cluster destination: each shard's checkpoint per slot written to.
+    pub slots: BTreeMap<String, HashMap<u16, Checkpoint>>,
 }
 
 /// The nodes of a destination: one for a standalone destination, every master of a
@@ -275,14 +358,37 @@ pub struct Destination {
     nodes: Vec<Node>,
     topology: Option<Topology>,
     databases: u32,
+    global_key: String,
+    task_id: String,
 }
 
 impl std::fmt::Debug for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Destination")
-            .field("nodes", &self.nodes.iter().map(|n| &n.address).collect::<Vec<_>>())
+            .field(
+                "nodes",
+                &self.nodes.iter().map(|n| &n.address).collect::<Vec<_>>(),
+            )
             .finish()
     }
+}
+
+fn hash_pairs(v: Value) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let items: Vec<Value> = match v {
+        Value::Array(items) => items,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        Value::Nil => Vec::new(),
+        _ => return None,
+    };
+    Some(
+        items
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [Value::BulkString(f), Value::BulkString(v)] => Some((f.clone(), v.clone())),
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 impl Destination {
@@ -293,21 +399,33 @@ impl Destination {
             let mut seed = connect(dest, &dest.address).await?;
             let reply = query(&mut seed, &dest.address, &[b"CLUSTER", b"SLOTS"]).await?;
             let (seed_host, _) = endpoint::host_port(&dest.address).map_err(endpoint_error)?;
-            let topology = Topology::from_cluster_slots(&reply, &seed_host).map_err(|e| WriteError::Transient {
-                address: dest.address.clone(),
-                message: e.to_string(),
+            let topology = Topology::from_cluster_slots(&reply, &seed_host).map_err(|e| {
+                WriteError::Transient {
+                    address: dest.address.clone(),
+                    message: e.to_string(),
+                }
             })?;
             for m in &topology.masters {
-                let conn = connect(dest, &m.address).await?;
-                nodes.push(Node::new(m.address.clone(), conn, checkpoint::cluster_key(&m.tag, task_id)));
+                nodes.push(Node::new(
+                    m.address.clone(),
+                    connect(dest, &m.address).await?,
+                ));
             }
             Some(topology)
         } else {
-            let conn = connect(dest, &dest.address).await?;
-            nodes.push(Node::new(dest.address.clone(), conn, checkpoint::standalone_key(task_id)));
+            nodes.push(Node::new(
+                dest.address.clone(),
+                connect(dest, &dest.address).await?,
+            ));
             None
         };
-        let mut me = Self { nodes, topology, databases: 16 };
+        let mut me = Self {
+            nodes,
+            topology,
+            databases: 16,
+            global_key: checkpoint::standalone_key(task_id),
+            task_id: task_id.to_owned(),
+        };
         for n in &mut me.nodes {
             let info = query(&mut n.conn, &n.address, &[b"INFO", b"server"]).await?;
             let text = value_text(&info).unwrap_or_default();
@@ -315,14 +433,22 @@ impl Destination {
                 .lines()
                 .find_map(|l| l.strip_prefix("redis_version:"))
                 .and_then(ServerVersion::parse)
-                .unwrap_or(ServerVersion { major: 2, minor: 8, patch: 0 });
+                .unwrap_or(ServerVersion {
+                    major: 2,
+                    minor: 8,
+                    patch: 0,
+                });
         }
         if me.topology.is_none()
             && let Some(n) = me.nodes.first_mut()
         {
             // Only needed to expand FLUSHALL; a server that refuses CONFIG keeps 16.
-            if let Ok(Value::Array(items)) = query(&mut n.conn, &n.address, &[b"CONFIG", b"GET", b"databases"]).await
-                && let Some(d) = items.get(1).and_then(value_text).and_then(|t| t.parse().ok())
+            if let Ok(Value::Array(items)) =
+                query(&mut n.conn, &n.address, &[b"CONFIG", b"GET", b"databases"]).await
+                && let Some(d) = items
+                    .get(1)
+                    .and_then(value_text)
+                    .and_then(|t| t.parse().ok())
             {
                 me.databases = d;
             }
@@ -333,8 +459,8 @@ impl Destination {
     /// Kills the connections of earlier sessions of this task, so that a MULTI they still
     /// had in flight cannot commit after this session has read the checkpoints, then
     /// names this session's connections. Best effort on servers that refuse CLIENT.
-    pub async fn fence(&mut self, task_id: &str) -> Result<(), WriteError> {
-        let name = client_name(task_id);
+    pub async fn fence(&mut self) -> Result<(), WriteError> {
+        let name = client_name(&self.task_id);
         for n in &mut self.nodes {
             // Unnamed yet, so every connection carrying the name belongs to another session.
             match query(&mut n.conn, &n.address, &[b"CLIENT", b"LIST"]).await {
@@ -352,21 +478,34 @@ impl Destination {
                         }
                         if let (true, Some(id)) = (named, id) {
                             tracing::info!(node = %n.address, client = %id, "closing a connection of an earlier session of this task");
-                            let _ = query(&mut n.conn, &n.address, &[b"CLIENT", b"KILL", b"ID", id.as_bytes()]).await;
+                            let _ = query(
+                                &mut n.conn,
+                                &n.address,
+                                &[b"CLIENT", b"KILL", b"ID", id.as_bytes()],
+                            )
+                            .await;
                         }
                     }
                 }
                 Err(e) if e.is_transient() => return Err(e),
-                Err(e) => tracing::warn!(node = %n.address, error = %e, "CLIENT LIST refused; earlier sessions are not fenced"),
+                Err(e) => {
+                    tracing::warn!(node = %n.address, error = %e, "CLIENT LIST refused; earlier sessions are not fenced")
+                }
             }
         }
-        self.set_names(task_id).await
+        self.set_names().await
     }
 
-    async fn set_names(&mut self, task_id: &str) -> Result<(), WriteError> {
-        let name = client_name(task_id);
+    async fn set_names(&mut self) -> Result<(), WriteError> {
+        let name = client_name(&self.task_id);
         for n in &mut self.nodes {
-            if let Err(e) = query(&mut n.conn, &n.address, &[b"CLIENT", b"SETNAME", name.as_bytes()]).await {
+            if let Err(e) = query(
+                &mut n.conn,
+                &n.address,
+                &[b"CLIENT", b"SETNAME", name.as_bytes()],
+            )
+            .await
+            {
                 if e.is_transient() {
                     return Err(e);
                 }
@@ -376,28 +515,72 @@ impl Destination {
         Ok(())
     }
 
-    /// Every shard's checkpoint, per node: `shard id -> [(node address, checkpoint)]`.
-    pub async fn read_checkpoints(&mut self) -> Result<BTreeMap<String, Vec<(String, Checkpoint)>>, WriteError> {
-        let mut out: BTreeMap<String, Vec<(String, Checkpoint)>> = BTreeMap::new();
-        for n in &mut self.nodes {
-            let v = query(&mut n.conn, &n.address, &[b"HGETALL", n.checkpoint_key.as_bytes()]).await?;
-            let items: Vec<Value> = match v {
-                Value::Array(items) => items,
-                Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-                Value::Nil => Vec::new(),
-                other => {
-                    return Err(WriteError::Fatal {
-                        address: n.address.clone(),
-                        message: format!("HGETALL {}: unexpected reply {other:?}", n.checkpoint_key),
-                    });
+    fn global_node(&self) -> usize {
+        self.topology
+            .as_ref()
+            .map_or(0, |t| t.owner_of_key(self.global_key.as_bytes()))
+    }
+
+    /// Every shard's checkpoints: the global ones and, on a cluster, those of every slot.
+    pub async fn read_checkpoints(&mut self) -> Result<StoredCheckpoints, WriteError> {
+        let mut out = StoredCheckpoints::default();
+        let g = self.global_node();
+        let key = self.global_key.clone();
+        let node = &mut self.nodes[g];
+        let v = query(&mut node.conn, &node.address, &[b"HGETALL", key.as_bytes()]).await?;
+        let pairs = hash_pairs(v).ok_or_else(|| WriteError::Fatal {
+            address: node.address.clone(),
+            message: format!("{key} is not a redis-sync checkpoint hash"),
+        })?;
+        for (field, value) in pairs {
+            let shard = String::from_utf8_lossy(&field).into_owned();
+            let c = Checkpoint::decode(&key, &shard, &value)?;
+            out.global.insert(shard, c);
+        }
+        let Some(topology) = &self.topology else {
+            return Ok(out);
+        };
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            let slots: Vec<u16> = topology.slots_of(i).collect();
+            // One HGETALL per owned slot, pipelined in bounded chunks.
+            for chunk in slots.chunks(1024) {
+                let mut p = redis::Pipeline::with_capacity(chunk.len());
+                for s in chunk {
+                    p.cmd("HGETALL")
+                        .arg(checkpoint::slot_key(router::slot_tag(*s), &self.task_id));
                 }
-            };
-            for pair in items.chunks(2) {
-                let [field, value] = pair else { continue };
-                let (Value::BulkString(field), Value::BulkString(value)) = (field, value) else { continue };
-                let shard = String::from_utf8_lossy(field).into_owned();
-                let c = Checkpoint::decode(&n.checkpoint_key, &shard, value)?;
-                out.entry(shard).or_default().push((n.address.clone(), c));
+                p.ignore_errors();
+                let v: Value = p
+                    .query_async(&mut node.conn)
+                    .await
+                    .map_err(|e| from_redis(&node.address, &e))?;
+                let Value::Array(replies) = v else { continue };
+                for (s, reply) in chunk.iter().zip(replies) {
+                    if let Value::ServerError(e) = &reply {
+                        let message = format!(
+                            "HGETALL of slot {s}'s checkpoint: {} {}",
+                            e.code(),
+                            e.details().unwrap_or_default()
+                        );
+                        return Err(if transient_code(e.code()) {
+                            WriteError::Transient {
+                                address: node.address.clone(),
+                                message,
+                            }
+                        } else {
+                            WriteError::Fatal {
+                                address: node.address.clone(),
+                                message,
+                            }
+                        });
+                    }
+                    let slot_key = checkpoint::slot_key(router::slot_tag(*s), &self.task_id);
+                    for (field, value) in hash_pairs(reply).unwrap_or_default() {
+                        let shard = String::from_utf8_lossy(&field).into_owned();
+                        let c = Checkpoint::decode(&slot_key, &shard, &value)?;
+                        out.slots.entry(shard).or_default().insert(*s, c);
+                    }
+                }
             }
         }
         Ok(out)
@@ -410,26 +593,16 @@ impl Destination {
 
     /// Lowest server version over the nodes.
     pub fn version(&self) -> ServerVersion {
-        self.nodes.iter().map(|n| n.version).min().unwrap_or(ServerVersion { major: 2, minor: 8, patch: 0 })
+        self.nodes
+            .iter()
+            .map(|n| n.version)
+            .min()
+            .unwrap_or(ServerVersion {
+                major: 2,
+                minor: 8,
+                patch: 0,
+            })
     }
-}
-
-impl Node {
-    fn new(address: String, conn: MultiplexedConnection, checkpoint_key: String) -> Self {
-        Self {
-            address,
-            conn,
-            version: ServerVersion { major: 2, minor: 8, patch: 0 },
-            checkpoint_key,
-            committed: None,
-            scripts: HashSet::new(),
-        }
-    }
-}
-
-/// The oldest of a shard's per-node checkpoints: where to subscribe from.
-pub fn start_position(checkpoints: &[(String, Checkpoint)]) -> Option<Position> {
-    checkpoints.iter().min_by_key(|(_, c)| c.seq).map(|(_, c)| c.position.clone())
 }
 
 /// Which nodes a command goes to.
@@ -464,7 +637,10 @@ impl Op {
         self.args.iter().map(Vec::len).sum::<usize>() + 16 * self.args.len()
     }
     fn name(&self) -> String {
-        self.args.first().map(|n| String::from_utf8_lossy(n).to_ascii_uppercase()).unwrap_or_default()
+        self.args
+            .first()
+            .map(|n| String::from_utf8_lossy(n).to_ascii_uppercase())
+            .unwrap_or_default()
     }
 }
 
@@ -545,6 +721,10 @@ pub struct ShardWriter {
     opts: WriterOptions,
     dest: Destination,
     seq: u64,
+    /// This shard's global checkpoint (standalone: the only one).
+    global: Option<Checkpoint>,
+    /// Cluster destination: this shard's checkpoint in each slot written to.
+    slots: HashMap<u16, Checkpoint>,
     snapshot: SnapshotState,
     /// Position of the last event translated (or applied before this writer started):
     /// tells a new full copy from the resumption of one.
@@ -554,7 +734,10 @@ pub struct ShardWriter {
 
 impl std::fmt::Debug for ShardWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardWriter").field("shard", &self.opts.shard_id).field("dest", &self.dest).finish()
+        f.debug_struct("ShardWriter")
+            .field("shard", &self.opts.shard_id)
+            .field("dest", &self.dest)
+            .finish()
     }
 }
 
@@ -562,20 +745,28 @@ impl ShardWriter {
     /// Connects to the destination and reads this shard's checkpoints.
     pub async fn open(opts: WriterOptions) -> Result<Self, WriteError> {
         let mut dest = Destination::open(&opts.destination, &opts.task_id).await?;
-        dest.set_names(&opts.task_id).await?;
-        let all = dest.read_checkpoints().await?;
-        let mine = all.get(&opts.shard_id).cloned().unwrap_or_default();
-        for n in &mut dest.nodes {
-            n.committed = mine.iter().find(|(a, _)| *a == n.address).map(|(_, c)| c.clone());
-        }
-        let latest = dest.nodes.iter().filter_map(|n| n.committed.as_ref()).max_by_key(|c| c.seq).cloned();
+        dest.set_names().await?;
+        let mut stored = dest.read_checkpoints().await?;
+        let global = stored.global.remove(&opts.shard_id);
+        let slots = stored.slots.remove(&opts.shard_id).unwrap_or_default();
+        let latest = global
+            .iter()
+            .chain(slots.values())
+            .max_by_key(|c| c.seq)
+            .cloned();
         let seq = latest.as_ref().map_or(0, |c| c.seq);
         let current = latest.as_ref().map(|c| c.position.clone());
         let snapshot = latest
             .filter(|c| c.position.in_snapshot)
-            .map(|c| SnapshotState { rdb_version: c.rdb_version, resnapshot: c.resnapshot })
+            .map(|c| SnapshotState {
+                rdb_version: c.rdb_version,
+                resnapshot: c.resnapshot,
+            })
             .unwrap_or_default();
-        let labels = [("task", opts.task_id.as_str()), ("shard", opts.shard_id.as_str())];
+        let labels = [
+            ("task", opts.task_id.as_str()),
+            ("shard", opts.shard_id.as_str()),
+        ];
         let m = &opts.metrics;
         let metrics = WriterMetrics {
             events: m.counter("redis_sync_apply_events_total", "Change events applied to the destination.", &labels),
@@ -592,22 +783,22 @@ impl ShardWriter {
                 &[("task", opts.task_id.as_str())],
             ),
         };
-        Ok(Self { opts, dest, seq, snapshot, current, metrics })
+        Ok(Self {
+            opts,
+            dest,
+            seq,
+            global,
+            slots,
+            snapshot,
+            current,
+            metrics,
+        })
     }
 
-    /// The position this shard is applied up to (the oldest over the destination nodes);
-    /// None when nothing was ever applied.
+    /// The position this shard is applied up to (its global checkpoint); None when
+    /// nothing was ever applied.
     pub fn applied(&self) -> Option<Position> {
-        let all: Vec<(String, Checkpoint)> = self
-            .dest
-            .nodes
-            .iter()
-            .filter_map(|n| n.committed.clone().map(|c| (n.address.clone(), c)))
-            .collect();
-        if all.len() < self.dest.nodes.len() {
-            return None;
-        }
-        start_position(&all)
+        self.global.as_ref().map(|c| c.position.clone())
     }
 
     /// The destination's lowest server version.
@@ -622,35 +813,77 @@ impl ShardWriter {
             .end_position
             .clone()
             .or_else(|| batch.events.last().and_then(|e| e.position.clone()));
-        let mut report = BatchReport { events: batch.events.len() as u64, ..BatchReport::default() };
+        let mut report = BatchReport {
+            events: batch.events.len() as u64,
+            ..BatchReport::default()
+        };
         let Some(end) = end else {
             return Ok(report);
         };
         let mut translated = Vec::with_capacity(batch.events.len());
+        let mut failed = None;
         for e in &batch.events {
             let position = e.position.clone().unwrap_or_else(|| end.clone());
-            let ev = self.translate(e, position)?;
-            translated.push(ev);
+            match self.translate(e, position) {
+                Ok(ev) => translated.push(ev),
+                Err(err) => {
+                    failed = Some(err);
+                    break;
+                }
+            }
         }
-        // Cut into groups at event boundaries; an event with an explicit position can end
-        // a group, and the last group ends at the batch's end position.
+        // An event that cannot be reproduced fails the task; what precedes it is applied
+        // first, so the position stops right before it.
+        let end = match (&failed, translated.last()) {
+            (None, _) => end,
+            (Some(_), Some(last)) if batch.events[translated.len() - 1].position.is_some() => {
+                last.position.clone()
+            }
+            (Some(e), _) => return Err(clone_error(e)),
+        };
+        // Cut into groups at event boundaries where an event has its own position: when a
+        // group is big enough, and on a cluster around every event with a keyless command
+        // (FLUSHDB, FUNCTION, ...), since slots are written independently within a group
+        // and such a command must stay in order with all of them.
+        let cluster = self.dest.topology.is_some();
+        let barrier =
+            |ev: &EventOps| cluster && ev.ops.iter().any(|o| !matches!(o.target, Target::Slot(_)));
         let mut start = 0;
         let mut count = 0usize;
         let mut bytes = 0usize;
         for i in 0..translated.len() {
-            count += translated[i].ops.len();
-            bytes += translated[i].ops.iter().map(Op::bytes).sum::<usize>();
             let last = i + 1 == translated.len();
             let can_cut = batch.events[i].position.is_some();
-            if !last && can_cut && (count >= GROUP_MAX_COMMANDS || bytes >= GROUP_MAX_BYTES) {
+            let prev_can_cut = i > 0 && batch.events[i - 1].position.is_some();
+            if barrier(&translated[i]) && i > start && prev_can_cut {
+                let pos = translated[i - 1].position.clone();
+                self.commit(&translated[start..i], pos, &mut report).await?;
+                start = i;
+                count = 0;
+                bytes = 0;
+            }
+            count += translated[i].ops.len();
+            bytes += translated[i].ops.iter().map(Op::bytes).sum::<usize>();
+            let next_is_barrier = !last && barrier(&translated[i + 1]);
+            if !last
+                && can_cut
+                && (count >= GROUP_MAX_COMMANDS
+                    || bytes >= GROUP_MAX_BYTES
+                    || barrier(&translated[i])
+                    || next_is_barrier)
+            {
                 let pos = translated[i].position.clone();
-                self.commit(&translated[start..=i], pos, &mut report).await?;
+                self.commit(&translated[start..=i], pos, &mut report)
+                    .await?;
                 start = i + 1;
                 count = 0;
                 bytes = 0;
             }
         }
         self.commit(&translated[start..], end, &mut report).await?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         self.metrics.batches.inc();
         self.metrics.events.add(report.events);
         Ok(report)
@@ -685,11 +918,19 @@ impl ShardWriter {
                     return Err(WriteError::Unsupported {
                         command: "FUNCTION LOAD".into(),
                         db: 0,
-                        reason: format!("the source has functions; the destination runs {}", self.dest.version()),
+                        reason: format!(
+                            "the source has functions; the destination runs {}",
+                            self.dest.version()
+                        ),
                     });
                 }
                 ev.ops.push(Op {
-                    args: vec![b"FUNCTION".to_vec(), b"LOAD".to_vec(), b"REPLACE".to_vec(), f.code.clone()],
+                    args: vec![
+                        b"FUNCTION".to_vec(),
+                        b"LOAD".to_vec(),
+                        b"REPLACE".to_vec(),
+                        f.code.clone(),
+                    ],
                     db: None,
                     target: Target::All,
                     source_db: 0,
@@ -732,14 +973,19 @@ impl ShardWriter {
     }
 
     fn begin_snapshot(&mut self, b: &SnapshotBegin, ev: &mut EventOps) -> Result<(), WriteError> {
-        let same = |c: &Checkpoint| c.position.in_snapshot && c.position.replid == b.replid && c.position.offset == b.offset;
-        let committed: Vec<&Checkpoint> = self.dest.nodes.iter().filter_map(|n| n.committed.as_ref()).collect();
+        let same = |c: &Checkpoint| {
+            c.position.in_snapshot && c.position.replid == b.replid && c.position.offset == b.offset
+        };
+        let committed: Vec<&Checkpoint> = self.global.iter().chain(self.slots.values()).collect();
         // Data of another history is on the destination: this copy replaces it.
         let same_pos = |p: &Position| p.in_snapshot && p.replid == b.replid && p.offset == b.offset;
         let resnapshot = committed.iter().any(|c| !same(c) || c.resnapshot)
             || self.current.as_ref().is_some_and(|p| !same_pos(p));
         let resume = !committed.is_empty() && committed.iter().all(|c| same(c));
-        self.snapshot = SnapshotState { rdb_version: b.rdb_version, resnapshot };
+        self.snapshot = SnapshotState {
+            rdb_version: b.rdb_version,
+            resnapshot,
+        };
         if resume {
             tracing::info!(shard = %self.opts.shard_id, records = ?committed.iter().map(|c| c.position.snapshot_records).min(), "resuming a full copy in the middle");
             return Ok(());
@@ -764,7 +1010,11 @@ impl ShardWriter {
                 let dbs = if self.opts.dbmap.cluster_destination() {
                     vec![0]
                 } else {
-                    self.opts.dbmap.targets(self.dest.databases).into_iter().collect()
+                    self.opts
+                        .dbmap
+                        .targets(self.dest.databases)
+                        .into_iter()
+                        .collect()
                 };
                 tracing::warn!(shard = %self.opts.shard_id, dbs = ?dbs, "full copy over data of an earlier history under INTERCEPT: flushing the task's destination dbs first");
                 for db in dbs {
@@ -797,11 +1047,14 @@ impl ShardWriter {
     }
 
     fn target_db(&self, db: u32, command: &str) -> Result<Option<u32>, WriteError> {
-        self.opts.dbmap.target(db).map_err(|e: DbMapError| WriteError::Unsupported {
-            command: command.to_owned(),
-            db,
-            reason: e.to_string(),
-        })
+        self.opts
+            .dbmap
+            .target(db)
+            .map_err(|e: DbMapError| WriteError::Unsupported {
+                command: command.to_owned(),
+                db,
+                reason: e.to_string(),
+            })
     }
 
     fn key_record(&mut self, rec: &KeyRecord, ev: &mut EventOps) -> Result<(), WriteError> {
@@ -812,7 +1065,9 @@ impl ShardWriter {
             return Err(WriteError::Unsupported {
                 command: "RESTORE".into(),
                 db: rec.db,
-                reason: "a snapshot record came before any SnapshotBegin, so its RDB version is unknown".into(),
+                reason:
+                    "a snapshot record came before any SnapshotBegin, so its RDB version is unknown"
+                        .into(),
             });
         }
         let opts = RestoreOptions {
@@ -844,7 +1099,11 @@ impl ShardWriter {
     /// A replicated command as destination commands (none when its db is not copied).
     fn command(&self, c: &Command) -> Result<Vec<Op>, WriteError> {
         let name = String::from_utf8_lossy(&c.name).to_ascii_lowercase();
-        let unsupported = |reason: String| WriteError::Unsupported { command: name.to_ascii_uppercase(), db: c.db, reason };
+        let unsupported = |reason: String| WriteError::Unsupported {
+            command: name.to_ascii_uppercase(),
+            db: c.db,
+            reason,
+        };
         let cluster = self.opts.dbmap.cluster_destination();
         let mut full: Args = Vec::with_capacity(c.args.len() + 1);
         full.push(c.name.clone());
@@ -871,7 +1130,10 @@ impl ShardWriter {
             "select" | "multi" | "exec" | "discard" | "ping" | "replconf" => Ok(Vec::new()),
             "publish" => Ok(vec![op(full, None, Target::Any, Vec::new())]),
             "script" => {
-                let flush = c.args.first().is_some_and(|a| a.eq_ignore_ascii_case(b"flush"));
+                let flush = c
+                    .args
+                    .first()
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"flush"));
                 let mut o = op(full, None, Target::All, Vec::new());
                 o.flushes_scripts = flush;
                 Ok(vec![o])
@@ -894,12 +1156,26 @@ impl ShardWriter {
                 if self.opts.dbmap.identity_all() {
                     return Ok(vec![op(full, None, Target::All, Vec::new())]);
                 }
-                let dbs: Vec<u32> = if cluster { vec![0] } else { self.opts.dbmap.targets(self.dest.databases).into_iter().collect() };
-                Ok(dbs.into_iter().map(|db| self.flushdb_op(db, c.db, &c.args)).collect())
+                let dbs: Vec<u32> = if cluster {
+                    vec![0]
+                } else {
+                    self.opts
+                        .dbmap
+                        .targets(self.dest.databases)
+                        .into_iter()
+                        .collect()
+                };
+                Ok(dbs
+                    .into_iter()
+                    .map(|db| self.flushdb_op(db, c.db, &c.args))
+                    .collect())
             }
             "swapdb" => {
                 let (a, b) = (arg_u32(0)?, arg_u32(1)?);
-                let (sa, sb) = (self.opts.dbmap.is_selected(a), self.opts.dbmap.is_selected(b));
+                let (sa, sb) = (
+                    self.opts.dbmap.is_selected(a),
+                    self.opts.dbmap.is_selected(b),
+                );
                 match (sa, sb) {
                     (false, false) => Ok(Vec::new()),
                     (true, true) if !cluster => {
@@ -909,10 +1185,16 @@ impl ShardWriter {
                             if a == b {
                                 return Ok(Vec::new());
                             }
-                            return Err(unsupported(format!("source dbs {a} and {b} both map to destination db {ta}")));
+                            return Err(unsupported(format!(
+                                "source dbs {a} and {b} both map to destination db {ta}"
+                            )));
                         }
                         let mut ops = vec![op(
-                            vec![b"SWAPDB".to_vec(), ta.to_string().into_bytes(), tb.to_string().into_bytes()],
+                            vec![
+                                b"SWAPDB".to_vec(),
+                                ta.to_string().into_bytes(),
+                                tb.to_string().into_bytes(),
+                            ],
                             None,
                             Target::All,
                             Vec::new(),
@@ -922,7 +1204,12 @@ impl ShardWriter {
                         if ta == 0 || tb == 0 {
                             let other = if ta == 0 { tb } else { ta };
                             let key = checkpoint::standalone_key(&self.opts.task_id).into_bytes();
-                            ops.push(op(vec![b"DEL".to_vec(), key.clone()], Some(other), Target::All, key));
+                            ops.push(op(
+                                vec![b"DEL".to_vec(), key.clone()],
+                                Some(other),
+                                Target::All,
+                                key,
+                            ));
                         }
                         Ok(ops)
                     }
@@ -936,11 +1223,20 @@ impl ShardWriter {
                 let key = c.args.first().cloned().unwrap_or_default();
                 let to = arg_u32(1)?;
                 let from_t = self.target_db(c.db, "MOVE")?;
-                let to_t = if self.opts.dbmap.is_selected(to) { self.target_db(to, "MOVE")? } else { None };
+                let to_t = if self.opts.dbmap.is_selected(to) {
+                    self.target_db(to, "MOVE")?
+                } else {
+                    None
+                };
                 let slot = Target::Slot(router::key_slot(&key));
                 match (from_t, to_t) {
                     (None, None) => Ok(Vec::new()),
-                    (Some(f), None) => Ok(vec![op(vec![b"DEL".to_vec(), key.clone()], Some(f), slot, key)]),
+                    (Some(f), None) => Ok(vec![op(
+                        vec![b"DEL".to_vec(), key.clone()],
+                        Some(f),
+                        slot,
+                        key,
+                    )]),
                     (None, Some(_)) => Err(unsupported(format!(
                         "MOVE of {} from a db that is not copied into copied db {to}: its value is unknown here",
                         lossy(&key)
@@ -959,12 +1255,21 @@ impl ShardWriter {
                 let Some(db) = self.target_db(c.db, &name)? else {
                     return Ok(Vec::new());
                 };
-                let mut keys: Vec<usize> = c.key_indexes.iter().map(|i| *i as usize + 1).filter(|i| *i < full.len()).collect();
+                let mut keys: Vec<usize> = c
+                    .key_indexes
+                    .iter()
+                    .map(|i| *i as usize + 1)
+                    .filter(|i| *i < full.len())
+                    .collect();
                 keys.dedup();
                 let first_key = keys.first().map(|i| full[*i].clone()).unwrap_or_default();
                 let mut script = None;
                 if name == "evalsha" || name == "evalsha_ro" {
-                    let sha = c.args.first().map(|s| String::from_utf8_lossy(s).to_ascii_lowercase()).unwrap_or_default();
+                    let sha = c
+                        .args
+                        .first()
+                        .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
+                        .unwrap_or_default();
                     script = Some((sha, c.script_body.clone()));
                 }
                 if !cluster {
@@ -1005,7 +1310,11 @@ impl ShardWriter {
                         }
                         _ => Err(unsupported(format!(
                             "its keys ({}) hash to different slots of the cluster destination and splitting it would change its meaning",
-                            keys.iter().take(5).map(|i| lossy(&full[*i])).collect::<Vec<_>>().join(", ")
+                            keys.iter()
+                                .take(5)
+                                .map(|i| lossy(&full[*i]))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ))),
                     },
                 }
@@ -1015,7 +1324,11 @@ impl ShardWriter {
 
     /// COPY source destination [DB n] [REPLACE], with the target db mapped.
     fn copy(&self, c: &Command, full: Args) -> Result<Vec<Op>, WriteError> {
-        let unsupported = |reason: String| WriteError::Unsupported { command: "COPY".into(), db: c.db, reason };
+        let unsupported = |reason: String| WriteError::Unsupported {
+            command: "COPY".into(),
+            db: c.db,
+            reason,
+        };
         let mut args: Args = vec![full[0].clone()];
         let mut to_db = None;
         let mut i = 1;
@@ -1034,8 +1347,15 @@ impl ShardWriter {
         }
         let to = to_db.unwrap_or(c.db);
         let from_t = self.target_db(c.db, "COPY")?;
-        let to_t = if self.opts.dbmap.is_selected(to) { self.target_db(to, "COPY")? } else { None };
-        let (src, dst) = (full.get(1).cloned().unwrap_or_default(), full.get(2).cloned().unwrap_or_default());
+        let to_t = if self.opts.dbmap.is_selected(to) {
+            self.target_db(to, "COPY")?
+        } else {
+            None
+        };
+        let (src, dst) = (
+            full.get(1).cloned().unwrap_or_default(),
+            full.get(2).cloned().unwrap_or_default(),
+        );
         match (from_t, to_t) {
             (_, None) => Ok(Vec::new()),
             (None, Some(_)) => Err(unsupported(format!(
@@ -1043,7 +1363,9 @@ impl ShardWriter {
                 lossy(&src)
             ))),
             (Some(f), Some(t)) => {
-                if self.opts.dbmap.cluster_destination() && router::key_slot(&src) != router::key_slot(&dst) {
+                if self.opts.dbmap.cluster_destination()
+                    && router::key_slot(&src) != router::key_slot(&dst)
+                {
                     return Err(unsupported(format!(
                         "{} and {} hash to different slots of the cluster destination",
                         lossy(&src),
@@ -1067,46 +1389,43 @@ impl ShardWriter {
         }
     }
 
-    fn node_of(&self, target: Target) -> Vec<usize> {
-        match (target, &self.dest.topology) {
-            (Target::All, _) => (0..self.dest.nodes.len()).collect(),
-            (_, None) | (Target::Any, _) => vec![0],
-            (Target::Slot(s), Some(t)) => vec![t.owner(s)],
+    /// Where an op is written: (node, slot of the MULTI). Standalone: node 0, no slot.
+    fn places(&self, target: Target) -> Vec<(usize, Option<u16>)> {
+        match &self.dest.topology {
+            None => vec![(0, None)],
+            Some(t) => match target {
+                Target::Slot(s) => vec![(t.owner(s), Some(s))],
+                Target::Any => vec![(0, t.masters.first().map(|m| m.home_slot))],
+                Target::All => t
+                    .masters
+                    .iter()
+                    .enumerate()
+                    .map(|(i, m)| (i, Some(m.home_slot)))
+                    .collect(),
+            },
         }
     }
 
-    /// Writes `events` (with the checkpoint `end`) to every node in one MULTI each.
-    async fn commit(&mut self, events: &[EventOps], end: Position, report: &mut BatchReport) -> Result<(), WriteError> {
-        let n_nodes = self.dest.nodes.len();
-        // Per node: the ops of the events its own checkpoint does not cover yet.
-        let mut plans: Vec<Vec<&Op>> = vec![Vec::new(); n_nodes];
-        let mut all_covered = true;
-        for ev in events {
-            let covered: Vec<bool> = self
-                .dest
-                .nodes
-                .iter()
-                .map(|n| n.committed.as_ref().is_some_and(|c| checkpoint::covers(&c.position, &ev.position)))
-                .collect();
-            if covered.iter().all(|c| *c) {
-                report.skipped_events += 1;
-                self.metrics.skipped.inc();
-            } else {
-                all_covered = false;
-            }
-            for op in &ev.ops {
-                for n in self.node_of(op.target) {
-                    if !covered[n] {
-                        plans[n].push(op);
-                    }
-                }
-            }
-        }
-        let end_covered = self
-            .dest
-            .nodes
-            .iter()
-            .all(|n| n.committed.as_ref().is_some_and(|c| checkpoint::covers(&c.position, &end)));
+    /// True when the destination already has the effect of the event at `position` in
+    /// `slot` (standalone: `None`).
+    fn covered(&self, slot: Option<u16>, position: &Position) -> bool {
+        self.global
+            .as_ref()
+            .is_some_and(|c| checkpoint::covers(&c.position, position))
+            || slot
+                .and_then(|s| self.slots.get(&s))
+                .is_some_and(|c| checkpoint::covers(&c.position, position))
+    }
+
+    /// Writes `events` with the checkpoint `end`. Standalone: one MULTI. Cluster: one
+    /// MULTI per slot written to (each with that slot's checkpoint), one pipeline per
+    /// master, masters in parallel; then the global checkpoint once all of them committed.
+    async fn commit(
+        &mut self,
+        events: &[EventOps],
+        end: Position,
+        report: &mut BatchReport,
+    ) -> Result<(), WriteError> {
         for ev in events {
             if ev.key_done {
                 report.keys_done += 1;
@@ -1120,9 +1439,38 @@ impl ShardWriter {
                 report.heartbeat_source_ms = ev.heartbeat_ms;
             }
         }
-        if all_covered && end_covered {
+        let cluster = self.dest.topology.is_some();
+        let n_nodes = self.dest.nodes.len();
+        // Per node, per slot (in order of first use): the ops not applied yet.
+        let mut plans: Vec<Vec<(Option<u16>, Vec<&Op>)>> = vec![Vec::new(); n_nodes];
+        for ev in events {
+            let mut all_covered = true;
+            for op in &ev.ops {
+                for (n, slot) in self.places(op.target) {
+                    if self.covered(slot, &ev.position) {
+                        continue;
+                    }
+                    all_covered = false;
+                    let blocks = &mut plans[n];
+                    match blocks.iter_mut().find(|(s, _)| *s == slot) {
+                        Some((_, ops)) => ops.push(op),
+                        None => blocks.push((slot, vec![op])),
+                    }
+                }
+            }
+            if all_covered && (!ev.ops.is_empty() || self.covered(None, &ev.position)) {
+                report.skipped_events += 1;
+                self.metrics.skipped.inc();
+            }
+        }
+        let nothing = plans.iter().all(Vec::is_empty);
+        if nothing && self.covered(None, &end) {
             report.applied = Some(end);
             return Ok(());
+        }
+        if !cluster && plans[0].is_empty() {
+            // The checkpoint alone still advances (PINGs, skipped dbs).
+            plans[0].push((None, Vec::new()));
         }
         let seq = self.seq + 1;
         let snap = events.last().map_or(self.snapshot, |e| e.snapshot);
@@ -1134,111 +1482,166 @@ impl ShardWriter {
         };
         let encoded = ckpt.encode();
         let shard = self.opts.shard_id.clone();
+        let task_id = self.opts.task_id.clone();
+        let global_key = self.dest.global_key.clone();
 
         // Scripts: make sure every EVALSHA finds its script, ahead of the MULTI (a NOSCRIPT
         // inside EXEC could not be retried without reordering the stream).
-        let mut loads: Vec<Vec<Option<Vec<u8>>>> = Vec::with_capacity(n_nodes);
-        for (i, plan) in plans.iter().enumerate() {
+        let mut node_blocks: Vec<Vec<Block<'_>>> = Vec::with_capacity(n_nodes);
+        for (i, plan) in plans.into_iter().enumerate() {
             let node = &mut self.dest.nodes[i];
             let mut pending: HashSet<String> = HashSet::new();
-            let mut per_op = Vec::with_capacity(plan.len());
-            for op in plan {
-                let mut load = None;
-                if op.flushes_scripts {
-                    pending.clear();
-                }
-                if let Some((sha, body)) = &op.script
-                    && !node.scripts.contains(sha)
-                    && !pending.contains(sha)
-                {
-                    if body.is_empty() {
-                        let v = query(&mut node.conn, &node.address, &[b"SCRIPT", b"EXISTS", sha.as_bytes()]).await?;
-                        let exists = matches!(&v, Value::Array(items) if matches!(items.first(), Some(Value::Int(1))));
-                        if !exists {
-                            return Err(WriteError::Rejected {
-                                address: node.address.clone(),
-                                command: "EVALSHA".into(),
-                                key: lossy(&op.key),
-                                db: op.db.unwrap_or(0),
-                                source_db: op.source_db,
-                                reply: format!("NOSCRIPT: script {sha} is not on the destination and the source did not provide its body"),
-                                applied: NOT_APPLIED,
-                            });
-                        }
-                        node.scripts.insert(sha.clone());
-                    } else {
-                        load = Some(body.clone());
-                        pending.insert(sha.clone());
+            let mut blocks = Vec::with_capacity(plan.len());
+            for (slot, ops) in plan {
+                let mut loads = Vec::with_capacity(ops.len());
+                for op in &ops {
+                    let mut load = None;
+                    if op.flushes_scripts {
+                        pending.clear();
                     }
+                    if let Some((sha, body)) = &op.script
+                        && !node.scripts.contains(sha)
+                        && !pending.contains(sha)
+                    {
+                        if body.is_empty() {
+                            let v = query(
+                                &mut node.conn,
+                                &node.address,
+                                &[b"SCRIPT", b"EXISTS", sha.as_bytes()],
+                            )
+                            .await?;
+                            let exists = matches!(&v, Value::Array(items) if matches!(items.first(), Some(Value::Int(1))));
+                            if !exists {
+                                return Err(WriteError::Rejected {
+                                    address: node.address.clone(),
+                                    command: "EVALSHA".into(),
+                                    key: lossy(&op.key),
+                                    db: op.db.unwrap_or(0),
+                                    source_db: op.source_db,
+                                    reply: format!(
+                                        "NOSCRIPT: script {sha} is not on the destination and the source did not provide its body"
+                                    ),
+                                    applied: NOT_APPLIED,
+                                });
+                            }
+                            node.scripts.insert(sha.clone());
+                        } else {
+                            load = Some(body.clone());
+                            pending.insert(sha.clone());
+                        }
+                    }
+                    loads.push(load);
                 }
-                per_op.push(load);
+                let key = match slot {
+                    Some(s) => checkpoint::slot_key(router::slot_tag(s), &task_id),
+                    None => global_key.clone(),
+                };
+                blocks.push(Block {
+                    slot,
+                    key,
+                    ops,
+                    loads,
+                });
             }
-            loads.push(per_op);
+            node_blocks.push(blocks);
         }
 
-        let futures = self.dest.nodes.iter_mut().zip(plans.iter()).zip(loads.iter()).map(|((node, plan), loads)| {
-            let key = node.checkpoint_key.clone();
-            let shard = shard.clone();
-            let encoded = encoded.clone();
-            async move { exec_multi(node, plan, loads, &key, &shard, &encoded).await }
-        });
+        let futures = self
+            .dest
+            .nodes
+            .iter_mut()
+            .zip(node_blocks.iter())
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(node, blocks)| {
+                let shard = shard.clone();
+                let encoded = encoded.clone();
+                async move {
+                    let r = exec_blocks(node, blocks, &shard, &encoded).await;
+                    (node.address.clone(), r)
+                }
+            });
         let results = futures_util::future::join_all(futures).await;
 
         let mut first_error: Option<WriteError> = None;
-        let mut missing_checks: Vec<(usize, &Op)> = Vec::new();
-        for (i, result) in results.into_iter().enumerate() {
-            match result {
-                Ok(outcome) => {
-                    let node = &mut self.dest.nodes[i];
-                    node.committed = Some(ckpt.clone());
-                    for (flushed, loaded) in outcome.script_changes {
-                        if flushed {
-                            node.scripts.clear();
-                        }
-                        if let Some(sha) = loaded {
-                            node.scripts.insert(sha);
-                        }
+        let keep = |e: WriteError, first: &mut Option<WriteError>| {
+            // A fatal error wins over a transient one.
+            let replace = match first {
+                None => true,
+                Some(prev) => prev.is_transient() && !e.is_transient(),
+            };
+            if replace {
+                *first = Some(e);
+            }
+        };
+        let mut missing_checks: Vec<(String, &Op)> = Vec::new();
+        let by_address: HashMap<String, usize> = self
+            .dest
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.address.clone(), i))
+            .collect();
+        for (address, result) in results {
+            let i = by_address.get(&address).copied().unwrap_or(0);
+            let outcomes = match result {
+                Ok(o) => o,
+                Err(e) => {
+                    keep(e, &mut first_error);
+                    continue;
+                }
+            };
+            for (block, outcome) in node_blocks[i].iter().zip(outcomes) {
+                let outcome = match outcome {
+                    Ok(o) => o,
+                    Err(e) => {
+                        keep(e, &mut first_error);
+                        continue;
                     }
-                    report.commands += plans[i].len() as u64;
-                    self.metrics.commands.add(plans[i].len() as u64);
-                    for (idx, code, detail) in outcome.errors {
-                        let op = plans[i][idx];
-                        let name = op.name();
-                        match missing_key_reply(&name, &code, &detail) {
-                            MissingKey::Yes => {
-                                note_missing(&self.metrics, &node.address, op, &code, &detail);
-                                report.missing_key_replies += 1;
-                            }
-                            MissingKey::IfAbsent => missing_checks.push((i, op)),
-                            MissingKey::No => {
-                                if first_error.is_none() {
-                                    first_error = Some(WriteError::Rejected {
-                                        address: node.address.clone(),
-                                        command: name,
-                                        key: lossy(&op.key),
-                                        db: op.db.unwrap_or(0),
-                                        source_db: op.source_db,
-                                        reply: format!("{code} {detail}"),
-                                        applied: APPLIED_PAST,
-                                    });
-                                }
-                            }
-                        }
+                };
+                match block.slot {
+                    Some(s) => {
+                        self.slots.insert(s, ckpt.clone());
+                    }
+                    None => self.global = Some(ckpt.clone()),
+                }
+                let node = &mut self.dest.nodes[i];
+                for (flushed, loaded) in outcome.script_changes {
+                    if flushed {
+                        node.scripts.clear();
+                    }
+                    if let Some(sha) = loaded {
+                        node.scripts.insert(sha);
                     }
                 }
-                Err(e) => {
-                    // A fatal error wins over a transient one from another node.
-                    let replace = match &first_error {
-                        None => true,
-                        Some(prev) => prev.is_transient() && !e.is_transient(),
-                    };
-                    if replace {
-                        first_error = Some(e);
+                report.commands += block.ops.len() as u64;
+                self.metrics.commands.add(block.ops.len() as u64);
+                for (idx, code, detail) in outcome.errors {
+                    let op = block.ops[idx];
+                    let name = op.name();
+                    match missing_key_reply(&name, &code, &detail) {
+                        MissingKey::Yes => {
+                            note_missing(&self.metrics, &address, op, &code, &detail);
+                            report.missing_key_replies += 1;
+                        }
+                        MissingKey::IfAbsent => missing_checks.push((address.clone(), op)),
+                        MissingKey::No => keep(
+                            WriteError::Rejected {
+                                address: address.clone(),
+                                command: name,
+                                key: lossy(&op.key),
+                                db: op.db.unwrap_or(0),
+                                source_db: op.source_db,
+                                reply: format!("{code} {detail}"),
+                                applied: APPLIED_PAST,
+                            },
+                            &mut first_error,
+                        ),
                     }
                 }
             }
         }
-        for (i, op) in missing_checks {
+        for (address, op) in missing_checks {
+            let i = by_address.get(&address).copied().unwrap_or(0);
             let node = &mut self.dest.nodes[i];
             let mut p = redis::pipe();
             let db = op.db.unwrap_or(0);
@@ -1249,34 +1652,54 @@ impl ShardWriter {
             if db != 0 {
                 p.cmd("SELECT").arg(0);
             }
-            let v: Value = p.query_async(&mut node.conn).await.map_err(|e| from_redis(&node.address, &e))?;
+            let v: Value = p
+                .query_async(&mut node.conn)
+                .await
+                .map_err(|e| from_redis(&node.address, &e))?;
             let exists_idx = usize::from(db != 0);
             let exists = matches!(&v, Value::Array(items) if matches!(items.get(exists_idx), Some(Value::Int(n)) if *n > 0));
             if exists {
-                if first_error.is_none() {
-                    first_error = Some(WriteError::Rejected {
-                        address: node.address.clone(),
+                keep(
+                    WriteError::Rejected {
+                        address,
                         command: op.name(),
                         key: lossy(&op.key),
                         db,
                         source_db: op.source_db,
                         reply: "NOGROUP on a stream the destination has".into(),
                         applied: APPLIED_PAST,
-                    });
-                }
+                    },
+                    &mut first_error,
+                );
             } else {
-                note_missing(&self.metrics, &node.address, op, "NOGROUP", "(key missing)");
+                note_missing(&self.metrics, &address, op, "NOGROUP", "(key missing)");
                 report.missing_key_replies += 1;
             }
         }
         if let Some(e) = first_error {
             return Err(e);
         }
+        if cluster {
+            // Every slot of the group is applied: the global checkpoint may move.
+            let g = self.dest.global_node();
+            let node = &mut self.dest.nodes[g];
+            query(
+                &mut node.conn,
+                &node.address,
+                &[
+                    b"HSET",
+                    global_key.as_bytes(),
+                    shard.as_bytes(),
+                    encoded.as_bytes(),
+                ],
+            )
+            .await?;
+            self.global = Some(ckpt);
+        }
         self.seq = seq;
         report.applied = Some(end);
         Ok(())
     }
-
 }
 
 fn note_missing(metrics: &WriterMetrics, address: &str, op: &Op, code: &str, detail: &str) {
@@ -1291,12 +1714,25 @@ fn note_missing(metrics: &WriterMetrics, address: &str, op: &Op, code: &str, det
     );
 }
 
-/// What one node's MULTI did.
+/// One MULTI: the ops of one slot (or of the whole standalone destination) and the
+/// checkpoint key written with them.
+struct Block<'a> {
+    slot: Option<u16>,
+    key: String,
+    ops: Vec<&'a Op>,
+    /// Per op: a script body to SCRIPT LOAD right before it.
+    loads: Vec<Option<Vec<u8>>>,
+}
+
+/// Script cache changes of one MULTI, in order: (SCRIPT FLUSH, SHA1 loaded).
+type ScriptChanges = Vec<(bool, Option<String>)>;
+
+/// What one MULTI did.
 struct ExecOutcome {
-    /// (index into the plan, error code, detail) for every command that failed in EXEC.
+    /// (index into the block's ops, error code, detail) for every command that failed in EXEC.
     errors: Vec<(usize, String, String)>,
-    /// Script cache changes to record, in order: (flushed, loaded sha).
-    script_changes: Vec<(bool, Option<String>)>,
+    /// Script cache changes to record.
+    script_changes: ScriptChanges,
 }
 
 /// What a queued command of the MULTI is, to read its reply.
@@ -1305,64 +1741,109 @@ enum Queued {
     Internal,
 }
 
-async fn exec_multi(
+/// Sends every block as MULTI ... HSET checkpoint ... EXEC in one pipeline and reads
+/// each block's outcome. The outer error is a connection failure (nothing known).
+async fn exec_blocks(
     node: &mut Node,
-    plan: &[&Op],
-    loads: &[Option<Vec<u8>>],
-    checkpoint_key: &str,
+    blocks: &[Block<'_>],
     shard: &str,
     encoded: &str,
-) -> Result<ExecOutcome, WriteError> {
-    let mut p = redis::Pipeline::with_capacity(plan.len() + 8);
-    let mut queued: Vec<Queued> = Vec::with_capacity(plan.len() + 4);
-    p.cmd("MULTI");
-    let mut db = 0u32;
-    let mut script_changes = Vec::new();
-    for (i, op) in plan.iter().enumerate() {
-        if let Some(want) = op.db
-            && want != db
-        {
-            p.cmd("SELECT").arg(want);
+) -> Result<Vec<Result<ExecOutcome, WriteError>>, WriteError> {
+    let total: usize = blocks.iter().map(|b| b.ops.len() + 4).sum();
+    let mut p = redis::Pipeline::with_capacity(total);
+    let mut layouts: Vec<(Vec<Queued>, ScriptChanges)> = Vec::with_capacity(blocks.len());
+    for block in blocks {
+        let mut queued: Vec<Queued> = Vec::with_capacity(block.ops.len() + 4);
+        let mut script_changes = Vec::new();
+        p.cmd("MULTI");
+        let mut db = 0u32;
+        for (i, op) in block.ops.iter().enumerate() {
+            if let Some(want) = op.db
+                && want != db
+            {
+                p.cmd("SELECT").arg(want);
+                queued.push(Queued::Internal);
+                db = want;
+            }
+            if let Some(Some(body)) = block.loads.get(i) {
+                p.cmd("SCRIPT").arg("LOAD").arg(body.as_slice());
+                queued.push(Queued::Internal);
+                script_changes.push((false, op.script.as_ref().map(|(s, _)| s.clone())));
+            }
+            if op.flushes_scripts {
+                script_changes.push((true, None));
+            }
+            let mut c = redis::Cmd::new();
+            for a in &op.args {
+                c.arg(a.as_slice());
+            }
+            p.add_command(c);
+            queued.push(Queued::Op(i));
+        }
+        // Back to db 0, where the checkpoint lives; the connection is then in db 0 after
+        // every EXEC, so no db state carries over.
+        if db != 0 {
+            p.cmd("SELECT").arg(0);
             queued.push(Queued::Internal);
-            db = want;
         }
-        if let Some(Some(body)) = loads.get(i) {
-            p.cmd("SCRIPT").arg("LOAD").arg(body.as_slice());
-            queued.push(Queued::Internal);
-            script_changes.push((false, op.script.as_ref().map(|(s, _)| s.clone())));
-        }
-        if op.flushes_scripts {
-            script_changes.push((true, None));
-        }
-        let mut c = redis::Cmd::new();
-        for a in &op.args {
-            c.arg(a.as_slice());
-        }
-        p.add_command(c);
-        queued.push(Queued::Op(i));
-    }
-    if db != 0 {
-        p.cmd("SELECT").arg(0);
+        p.cmd("HSET")
+            .arg(block.key.as_str())
+            .arg(shard)
+            .arg(encoded);
         queued.push(Queued::Internal);
+        p.cmd("EXEC");
+        layouts.push((queued, script_changes));
     }
-    p.cmd("HSET").arg(checkpoint_key).arg(shard).arg(encoded);
-    queued.push(Queued::Internal);
-    p.cmd("EXEC");
     p.ignore_errors();
-    let v: Value = p.query_async(&mut node.conn).await.map_err(|e| from_redis(&node.address, &e))?;
+    let v: Value = p
+        .query_async(&mut node.conn)
+        .await
+        .map_err(|e| from_redis(&node.address, &e))?;
     let Value::Array(replies) = v else {
-        return Err(WriteError::Transient { address: node.address.clone(), message: format!("unexpected pipeline reply {v:?}") });
-    };
-    if replies.len() != queued.len() + 2 {
         return Err(WriteError::Transient {
             address: node.address.clone(),
-            message: format!("{} replies to {} commands", replies.len(), queued.len() + 2),
+            message: format!("unexpected pipeline reply {v:?}"),
+        });
+    };
+    let expected: usize = layouts.iter().map(|(q, _)| q.len() + 2).sum();
+    if replies.len() != expected {
+        return Err(WriteError::Transient {
+            address: node.address.clone(),
+            message: format!("{} replies to {expected} commands", replies.len()),
         });
     }
+    let mut out = Vec::with_capacity(blocks.len());
+    let mut at = 0;
+    for (block, (queued, script_changes)) in blocks.iter().zip(layouts) {
+        let n = queued.len() + 2;
+        let r =
+            read_block(&node.address, &block.ops, &queued, &replies[at..at + n]).map(|errors| {
+                ExecOutcome {
+                    errors,
+                    script_changes,
+                }
+            });
+        out.push(r);
+        at += n;
+    }
+    Ok(out)
+}
+
+/// Reads the replies of one MULTI block: `[MULTI, queued..., EXEC]`.
+fn read_block(
+    address: &str,
+    ops: &[&Op],
+    queued: &[Queued],
+    replies: &[Value],
+) -> Result<Vec<(usize, String, String)>, WriteError> {
     if let Some(Value::ServerError(e)) = replies.first() {
         return Err(WriteError::Transient {
-            address: node.address.clone(),
-            message: format!("MULTI refused: {} {}", e.code(), e.details().unwrap_or_default()),
+            address: address.to_owned(),
+            message: format!(
+                "MULTI refused: {} {}",
+                e.code(),
+                e.details().unwrap_or_default()
+            ),
         });
     }
     // Refused while queueing: EXEC discards the whole MULTI.
@@ -1371,20 +1852,31 @@ async fn exec_multi(
             let code = e.code().to_owned();
             let detail = e.details().unwrap_or_default().to_owned();
             if transient_code(&code) {
-                return Err(WriteError::Transient { address: node.address.clone(), message: format!("{code} {detail}") });
+                return Err(WriteError::Transient {
+                    address: address.to_owned(),
+                    message: format!("{code} {detail}"),
+                });
             }
             let (command, key, db, source_db) = match q {
                 Queued::Op(i) => {
-                    let op = plan[*i];
+                    let op = ops[*i];
                     (op.name(), lossy(&op.key), op.db.unwrap_or(0), op.source_db)
                 }
-                Queued::Internal => ("SELECT/HSET (checkpoint)".to_owned(), "-".to_owned(), 0, 0),
+                Queued::Internal => (
+                    "SELECT/SCRIPT/HSET (checkpoint)".to_owned(),
+                    "-".to_owned(),
+                    0,
+                    0,
+                ),
             };
             if matches!(code.as_str(), "NOAUTH" | "NOPERM" | "WRONGPASS") {
-                return Err(WriteError::Fatal { address: node.address.clone(), message: format!("{command}: {code} {detail}") });
+                return Err(WriteError::Fatal {
+                    address: address.to_owned(),
+                    message: format!("{command}: {code} {detail}"),
+                });
             }
             return Err(WriteError::Rejected {
-                address: node.address.clone(),
+                address: address.to_owned(),
                 command,
                 key,
                 db,
@@ -1394,32 +1886,63 @@ async fn exec_multi(
             });
         }
     }
-    let exec = replies.last().cloned().unwrap_or(Value::Nil);
-    let results = match exec {
-        Value::Array(r) => r,
-        Value::ServerError(e) => {
+    let results = match replies.last() {
+        Some(Value::Array(r)) => r,
+        Some(Value::ServerError(e)) => {
             let message = format!("EXEC: {} {}", e.code(), e.details().unwrap_or_default());
-            return Err(WriteError::Transient { address: node.address.clone(), message });
+            return Err(WriteError::Transient {
+                address: address.to_owned(),
+                message,
+            });
         }
         other => {
-            return Err(WriteError::Transient { address: node.address.clone(), message: format!("EXEC answered {other:?}") });
+            return Err(WriteError::Transient {
+                address: address.to_owned(),
+                message: format!("EXEC answered {other:?}"),
+            });
         }
     };
     let mut errors = Vec::new();
-    for (q, r) in queued.iter().zip(&results) {
+    for (q, r) in queued.iter().zip(results) {
         if let Value::ServerError(e) = r {
             match q {
-                Queued::Op(i) => errors.push((*i, e.code().to_owned(), e.details().unwrap_or_default().to_owned())),
+                Queued::Op(i) => errors.push((
+                    *i,
+                    e.code().to_owned(),
+                    e.details().unwrap_or_default().to_owned(),
+                )),
                 Queued::Internal => {
                     return Err(WriteError::Fatal {
-                        address: node.address.clone(),
-                        message: format!("the checkpoint write failed inside EXEC: {} {}", e.code(), e.details().unwrap_or_default()),
+                        address: address.to_owned(),
+                        message: format!(
+                            "a SELECT, SCRIPT LOAD or the checkpoint write failed inside EXEC: {} {}",
+                            e.code(),
+                            e.details().unwrap_or_default()
+                        ),
                     });
                 }
             }
         }
     }
-    Ok(ExecOutcome { errors, script_changes })
+    Ok(errors)
+}
+
+fn clone_error(e: &WriteError) -> WriteError {
+    match e {
+        WriteError::Unsupported {
+            command,
+            db,
+            reason,
+        } => WriteError::Unsupported {
+            command: command.clone(),
+            db: *db,
+            reason: reason.clone(),
+        },
+        other => WriteError::Fatal {
+            address: String::new(),
+            message: other.to_string(),
+        },
+    }
 }
 
 /// Key bytes as text for messages, cut to 200 bytes.

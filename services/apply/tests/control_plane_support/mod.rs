@@ -1,6 +1,5 @@
-//! Shared fixtures of the control-plane and precheck tests: apply served in-process,
-//! ingest (real, or a stand-in that answers ProbeSource from a real source Redis),
-//! a scripted runner, and polling helpers.
+//! Shared fixtures of the control-plane and precheck tests: apply and ingest served
+//! in-process, a scripted runner, and polling helpers.
 #![allow(dead_code)]
 
 use std::{
@@ -20,15 +19,12 @@ use redis_sync_apply::{
     runner::{RunnerContext, RunnerObserver},
 };
 use redis_sync_proto::v1::{
-    AcknowledgeRequest, AcknowledgeResponse, CheckStatus, ConflictMode, InstanceMode, PrecheckItem, PrecheckResult,
-    ProbeError, ProbeErrorKind, ProbeSourceRequest, ProbeSourceResponse, RedisEndpoint, SourceMaster, SubscribeRequest,
-    SubscribeResponse, Task, TaskSpec, TaskState, GetTaskRequest,
-    ingest_service_server::{IngestService, IngestServiceServer},
-    task_service_client::TaskServiceClient,
+    CheckStatus, ConflictMode, GetTaskRequest, InstanceMode, PrecheckItem, PrecheckResult,
+    RedisEndpoint, Task, TaskSpec, TaskState, task_service_client::TaskServiceClient,
 };
 use redis_sync_telemetry::Metrics;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::{Request, Response, Status, transport::Channel};
+use tonic::{Status, transport::Channel};
 
 /// A scratch directory for one test.
 pub fn temp_dir(tag: &str) -> PathBuf {
@@ -52,7 +48,10 @@ pub fn apply_config(store: &Path, ingest: &str, token: Option<&str>) -> ApplyCon
         args.push("--api-token".into());
         args.push(t.to_owned());
     }
-    ApplyArgs::try_parse_from(args).expect("apply args").validate().expect("apply config")
+    ApplyArgs::try_parse_from(args)
+        .expect("apply args")
+        .validate()
+        .expect("apply config")
 }
 
 /// A loopback address nobody listens on.
@@ -78,7 +77,8 @@ impl TestApply {
 
     /// Serves `config` with runners from `spawner`.
     pub async fn start_with(config: ApplyConfig, spawner: Arc<dyn RunnerSpawner>) -> Self {
-        Self::serve(Apply::open_with_spawner(config, Metrics::new(), spawner).expect("open apply")).await
+        Self::serve(Apply::open_with_spawner(config, Metrics::new(), spawner).expect("open apply"))
+            .await
     }
 
     async fn serve(apply: Apply) -> Self {
@@ -88,7 +88,11 @@ impl TestApply {
         let join = tokio::spawn(apply.serve(listener, async move {
             let _ = rx.await;
         }));
-        Self { addr, shutdown: Some(tx), join: Some(join) }
+        Self {
+            addr,
+            shutdown: Some(tx),
+            join: Some(join),
+        }
     }
 
     /// A TaskService client.
@@ -97,7 +101,9 @@ impl TestApply {
         loop {
             match TaskServiceClient::connect(self.addr.clone()).await {
                 Ok(c) => return c,
-                Err(e) if Instant::now() > deadline => panic!("apply at {} not reachable: {e}", self.addr),
+                Err(e) if Instant::now() > deadline => {
+                    panic!("apply at {} not reachable: {e}", self.addr)
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
@@ -159,8 +165,15 @@ impl RunnerSpawner for Scripted {
         let stopped = Arc::new(AtomicBool::new(false));
         self.0.active.fetch_add(1, Ordering::SeqCst);
         self.0.spawns.lock().unwrap().push(ctx.task_id.clone());
-        self.0.runs.lock().unwrap().insert(ctx.task_id.clone(), (ctx.observer.clone(), stopped.clone()));
-        Box::new(ScriptedHandle { stopped, state: self.0.clone() })
+        self.0
+            .runs
+            .lock()
+            .unwrap()
+            .insert(ctx.task_id.clone(), (ctx.observer.clone(), stopped.clone()));
+        Box::new(ScriptedHandle {
+            stopped,
+            state: self.0.clone(),
+        })
     }
 }
 
@@ -170,11 +183,22 @@ impl Scripted {
     }
     /// The observer of the latest runner of `id`.
     pub fn observer(&self, id: &str) -> Arc<dyn RunnerObserver> {
-        self.0.runs.lock().unwrap().get(id).map(|(o, _)| o.clone()).expect("no runner for task")
+        self.0
+            .runs
+            .lock()
+            .unwrap()
+            .get(id)
+            .map(|(o, _)| o.clone())
+            .expect("no runner for task")
     }
     /// True while the latest runner of `id` has not been stopped.
     pub fn running(&self, id: &str) -> bool {
-        self.0.runs.lock().unwrap().get(id).is_some_and(|(_, s)| !s.load(Ordering::SeqCst))
+        self.0
+            .runs
+            .lock()
+            .unwrap()
+            .get(id)
+            .is_some_and(|(_, s)| !s.load(Ordering::SeqCst))
     }
     /// Task ids in spawn order.
     pub fn spawns(&self) -> Vec<String> {
@@ -189,104 +213,10 @@ impl Scripted {
 // -------------------------------------------------------------------------------------
 // ingest
 
-/// A stand-in for ingest that answers ProbeSource by inspecting the real source Redis
-/// named in the request (standalone only). It lets the control-plane tests reach a
-/// passing precheck while ingest's own ProbeSource is being built.
-#[derive(Clone, Default)]
-struct ProbeFromRedis;
-
-async fn probe_standalone(source: RedisEndpoint) -> ProbeSourceResponse {
-    let err = |kind: ProbeErrorKind, message: String| ProbeSourceResponse {
-        error: Some(ProbeError { kind: kind as i32, message }),
-        ..Default::default()
-    };
-    let connect = tokio::time::timeout(
-        Duration::from_secs(3),
-        redis_sync_apply::endpoint::connect_node(&source, &source.address),
-    )
-    .await;
-    let mut con = match connect {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            let text = e.to_string();
-            let kind = if text.contains("uthentication") { ProbeErrorKind::Authentication } else { ProbeErrorKind::Unreachable };
-            return err(kind, text);
-        }
-        Err(_) => return err(ProbeErrorKind::Unreachable, "timeout".into()),
-    };
-    let info: String = match redis::cmd("INFO").query_async(&mut con).await {
-        Ok(i) => i,
-        Err(e) => return err(ProbeErrorKind::Authentication, e.to_string()),
-    };
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.trim_end().strip_prefix(name).and_then(|r| r.strip_prefix(':')))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let config_get = |name: &'static str| {
-        let mut con = con.clone();
-        async move {
-            let v: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut con).await.unwrap_or_default();
-            v.get(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        }
-    };
-    let version = field("redis_version");
-    let mode = if field("cluster_enabled") == "1" { InstanceMode::Cluster } else { InstanceMode::Standalone };
-    ProbeSourceResponse {
-        mode: mode as i32,
-        version: version.clone(),
-        masters: vec![SourceMaster {
-            shard_id: "standalone".into(),
-            address: source.address.clone(),
-            version,
-            role: field("role"),
-            psync_allowed: true,
-            used_memory: field("used_memory").parse().unwrap_or(0),
-            repl_backlog_size: config_get("repl-backlog-size").await,
-            repl_timeout_seconds: config_get("repl-timeout").await,
-            ..Default::default()
-        }],
-        all_slots_covered: mode == InstanceMode::Standalone,
-        ..Default::default()
-    }
-}
-
-#[tonic::async_trait]
-impl IngestService for ProbeFromRedis {
-    async fn probe_source(&self, request: Request<ProbeSourceRequest>) -> Result<Response<ProbeSourceResponse>, Status> {
-        let source = request.into_inner().source.unwrap_or_default();
-        Ok(Response::new(probe_standalone(source).await))
-    }
-    type SubscribeStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
-    async fn subscribe(&self, _: Request<SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
-        Err(Status::unimplemented("not part of the stand-in"))
-    }
-    async fn acknowledge(&self, _: Request<AcknowledgeRequest>) -> Result<Response<AcknowledgeResponse>, Status> {
-        Err(Status::unimplemented("not part of the stand-in"))
-    }
-}
-
-/// A running ingest (real or stand-in); stops when dropped.
+/// A running ingest; stops when dropped.
 pub struct TestIngest {
     pub endpoint: String,
     _shutdown: oneshot::Sender<()>,
-}
-
-/// Starts the stand-in ingest.
-pub async fn probe_stand_in() -> TestIngest {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(IngestServiceServer::new(ProbeFromRedis))
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = rx.await;
-            }),
-    );
-    TestIngest { endpoint, _shutdown: tx }
 }
 
 /// Starts the real ingest in-process.
@@ -304,10 +234,15 @@ pub async fn real_ingest(spool: &Path) -> TestIngest {
     .validate()
     .expect("ingest config");
     let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(redis_sync_ingest::Ingest::new(config, Metrics::new()).serve(listener, async move {
-        let _ = rx.await;
-    }));
-    TestIngest { endpoint, _shutdown: tx }
+    tokio::spawn(
+        redis_sync_ingest::Ingest::new(config, Metrics::new()).serve(listener, async move {
+            let _ = rx.await;
+        }),
+    );
+    TestIngest {
+        endpoint,
+        _shutdown: tx,
+    }
 }
 
 // -------------------------------------------------------------------------------------
@@ -337,14 +272,28 @@ pub fn state(t: &Task) -> TaskState {
 }
 
 /// Polls GetTask until the task is in `want` (10 s deadline).
-pub async fn wait_state(client: &mut TaskServiceClient<Channel>, id: &str, want: TaskState) -> Task {
+pub async fn wait_state(
+    client: &mut TaskServiceClient<Channel>,
+    id: &str,
+    want: TaskState,
+) -> Task {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let t = client.get_task(GetTaskRequest { id: id.to_owned() }).await.unwrap().into_inner().task.unwrap();
+        let t = client
+            .get_task(GetTaskRequest { id: id.to_owned() })
+            .await
+            .unwrap()
+            .into_inner()
+            .task
+            .unwrap();
         if state(&t) == want {
             return t;
         }
-        assert!(Instant::now() < deadline, "task {id} stayed {:?}, wanted {want:?}", state(&t));
+        assert!(
+            Instant::now() < deadline,
+            "task {id} stayed {:?}, wanted {want:?}",
+            state(&t)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -359,7 +308,10 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 pub fn find<'a>(p: &'a PrecheckResult, name: &str) -> &'a PrecheckItem {
-    p.items.iter().find(|i| i.name == name).unwrap_or_else(|| panic!("no item {name} in {p:#?}"))
+    p.items
+        .iter()
+        .find(|i| i.name == name)
+        .unwrap_or_else(|| panic!("no item {name} in {p:#?}"))
 }
 
 pub fn status(p: &PrecheckResult, name: &str) -> CheckStatus {
@@ -372,7 +324,11 @@ pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: tonic::C
         Ok(v) => panic!("expected {code:?} ({text}), got {v:?}"),
         Err(s) => {
             assert_eq!(s.code(), code, "{s:?}");
-            assert!(s.message().contains(text), "message {:?} lacks {text:?}", s.message());
+            assert!(
+                s.message().contains(text),
+                "message {:?} lacks {text:?}",
+                s.message()
+            );
         }
     }
 }

@@ -41,7 +41,10 @@ impl Reader {
                 if !r.is_ok() {
                     return Err(format!("SELECT {db}: {r:?}").into());
                 }
-                Ok(Self { clients: vec![c], cluster: None })
+                Ok(Self {
+                    clients: vec![c],
+                    cluster: None,
+                })
             }
             Side::Cluster(cl) => {
                 if db != 0 {
@@ -55,14 +58,26 @@ impl Reader {
                     let slots = m.server().cmd_ok(&["CLUSTER", "SLOTS"])?;
                     for r in slots.as_array().unwrap_or_default() {
                         let items = r.as_array().unwrap_or_default();
-                        let (Some(a), Some(b)) = (items.first().and_then(Reply::as_int), items.get(1).and_then(Reply::as_int)) else { continue };
-                        let port = items.get(2).and_then(Reply::as_array).and_then(|n| n.get(1)).and_then(Reply::as_int);
+                        let (Some(a), Some(b)) = (
+                            items.first().and_then(Reply::as_int),
+                            items.get(1).and_then(Reply::as_int),
+                        ) else {
+                            continue;
+                        };
+                        let port = items
+                            .get(2)
+                            .and_then(Reply::as_array)
+                            .and_then(|n| n.get(1))
+                            .and_then(Reply::as_int);
                         if port == Some(i64::from(m.server().port())) {
                             ranges.push((a as u16, b as u16, i));
                         }
                     }
                 }
-                Ok(Self { clients, cluster: Some(ranges) })
+                Ok(Self {
+                    clients,
+                    cluster: Some(ranges),
+                })
             }
         }
     }
@@ -72,7 +87,10 @@ impl Reader {
             None => 0,
             Some(ranges) => {
                 let slot = redis_sync_testkit::key_slot(key);
-                ranges.iter().find(|(a, b, _)| slot >= *a && slot <= *b).map_or(0, |r| r.2)
+                ranges
+                    .iter()
+                    .find(|(a, b, _)| slot >= *a && slot <= *b)
+                    .map_or(0, |r| r.2)
             }
         };
         &mut self.clients[idx]
@@ -104,9 +122,17 @@ impl Reader {
     }
 }
 
-fn sorted_pairs(r: &Reply) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn sorted_pairs(r: &Reply) -> Vec<(Vec<u8>, String)> {
     let items = r.as_array().unwrap_or_default();
-    let mut v: Vec<(Vec<u8>, Vec<u8>)> = items.chunks(2).map(|p| (bulk(&p[0]), bulk(p.get(1).unwrap_or(&Reply::Bulk(None))))).collect();
+    let mut v: Vec<(Vec<u8>, String)> = items
+        .chunks(2)
+        .map(|p| {
+            (
+                bulk(&p[0]),
+                p.get(1).map(|x| x.to_string()).unwrap_or_default(),
+            )
+        })
+        .collect();
     v.sort();
     v
 }
@@ -125,13 +151,25 @@ fn value_of(r: &mut Reader, key: &[u8]) -> TestResult<(String, String)> {
         "string" => format!("{:?}", bulk(&r.cmd(key, &[b"GET", key])?)),
         "list" => format!("{:?}", r.cmd(key, &[b"LRANGE", key, b"0", b"-1"])?),
         "set" => format!("{:?}", sorted_items(&r.cmd(key, &[b"SMEMBERS", key])?)),
-        "zset" => format!("{:?}", r.cmd(key, &[b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"])?),
+        "zset" => format!(
+            "{:?}",
+            r.cmd(key, &[b"ZRANGE", key, b"0", b"-1", b"WITHSCORES"])?
+        ),
         "hash" => format!("{:?}", sorted_pairs(&r.cmd(key, &[b"HGETALL", key])?)),
         "stream" => {
             let entries = r.cmd(key, &[b"XRANGE", key, b"-", b"+"])?;
             let info = r.cmd(key, &[b"XINFO", b"STREAM", key])?;
             let info = sorted_pairs(&info);
-            let last = info.iter().find(|(k, _)| k == b"last-generated-id").map(|(_, v)| v.clone());
+            let meta: Vec<_> = info
+                .iter()
+                .filter(|(k, _)| {
+                    matches!(
+                        &k[..],
+                        b"last-generated-id" | b"entries-added" | b"max-deleted-entry-id"
+                    )
+                })
+                .cloned()
+                .collect();
             let groups = r.cmd(key, &[b"XINFO", b"GROUPS", key])?;
             let mut gs = Vec::new();
             for g in groups.as_array().unwrap_or_default() {
@@ -139,12 +177,25 @@ fn value_of(r: &mut Reader, key: &[u8]) -> TestResult<(String, String)> {
                 let mut fields = BTreeMap::new();
                 for p in items.chunks(2) {
                     let name = String::from_utf8_lossy(&bulk(&p[0])).into_owned();
-                    if matches!(name.as_str(), "name" | "pending" | "last-delivered-id" | "consumers") {
+                    if matches!(
+                        name.as_str(),
+                        "name" | "pending" | "last-delivered-id" | "consumers" | "entries-read"
+                    ) {
                         fields.insert(name, format!("{}", p[1]));
                     }
                 }
                 let gname = fields.get("name").cloned().unwrap_or_default();
-                let pel = r.cmd(key, &[b"XPENDING", key, gname.trim_matches('"').as_bytes(), b"-", b"+", b"1000"])?;
+                let pel = r.cmd(
+                    key,
+                    &[
+                        b"XPENDING",
+                        key,
+                        gname.trim_matches('"').as_bytes(),
+                        b"-",
+                        b"+",
+                        b"1000",
+                    ],
+                )?;
                 let pel: Vec<String> = pel
                     .as_array()
                     .unwrap_or_default()
@@ -152,13 +203,18 @@ fn value_of(r: &mut Reader, key: &[u8]) -> TestResult<(String, String)> {
                     .map(|e| {
                         let it = e.as_array().unwrap_or_default();
                         // id, consumer, delivery count (idle time differs by nature).
-                        format!("{} {} {}", it.first().map(|x| x.to_string()).unwrap_or_default(), it.get(1).map(|x| x.to_string()).unwrap_or_default(), it.get(3).map(|x| x.to_string()).unwrap_or_default())
+                        format!(
+                            "{} {} {}",
+                            it.first().map(|x| x.to_string()).unwrap_or_default(),
+                            it.get(1).map(|x| x.to_string()).unwrap_or_default(),
+                            it.get(3).map(|x| x.to_string()).unwrap_or_default()
+                        )
                     })
                     .collect();
                 gs.push(format!("{fields:?} pel={pel:?}"));
             }
             gs.sort();
-            format!("{entries:?} last={last:?} groups={gs:?}")
+            format!("{entries:?} meta={meta:?} groups={gs:?}")
         }
         other => format!("<{other}>"),
     };
@@ -176,40 +232,70 @@ pub fn is_internal(key: &[u8]) -> bool {
 
 /// Compares `src` db `src_db` with `dst` db `dst_db` key by key: same keys, types and
 /// values, TTLs within 2 s. Returns the differences (empty when equal).
-pub fn differences(src: &Side<'_>, src_db: u32, dst: &Side<'_>, dst_db: u32, skip: &dyn Fn(&[u8]) -> bool) -> TestResult<Vec<String>> {
+pub fn differences(
+    src: &Side<'_>,
+    src_db: u32,
+    dst: &Side<'_>,
+    dst_db: u32,
+    skip: &dyn Fn(&[u8]) -> bool,
+) -> TestResult<Vec<String>> {
     let mut a = Reader::open(src, src_db)?;
     let mut b = Reader::open(dst, dst_db)?;
-    let ka: Vec<Vec<u8>> = a.keys()?.into_iter().filter(|k| !is_internal(k) && !skip(k)).collect();
-    let kb: Vec<Vec<u8>> = b.keys()?.into_iter().filter(|k| !is_internal(k) && !skip(k)).collect();
+    let ka: Vec<Vec<u8>> = a
+        .keys()?
+        .into_iter()
+        .filter(|k| !is_internal(k) && !skip(k))
+        .collect();
+    let kb: Vec<Vec<u8>> = b
+        .keys()?
+        .into_iter()
+        .filter(|k| !is_internal(k) && !skip(k))
+        .collect();
     let mut diffs = Vec::new();
     for k in &ka {
         if kb.binary_search(k).is_err() {
-            diffs.push(format!("missing on destination: {:?}", String::from_utf8_lossy(k)));
+            diffs.push(format!(
+                "missing on destination: {:?}",
+                String::from_utf8_lossy(k)
+            ));
         }
     }
     for k in &kb {
         if ka.binary_search(k).is_err() {
-            diffs.push(format!("extra on destination: {:?}", String::from_utf8_lossy(k)));
+            diffs.push(format!(
+                "extra on destination: {:?}",
+                String::from_utf8_lossy(k)
+            ));
         }
     }
     for k in ka.iter().filter(|k| kb.binary_search(k).is_ok()) {
         let va = value_of(&mut a, k)?;
         let vb = value_of(&mut b, k)?;
         if va != vb {
-            diffs.push(format!("{:?}: source {va:?} destination {vb:?}", String::from_utf8_lossy(k)));
+            diffs.push(format!(
+                "{:?}: source {va:?} destination {vb:?}",
+                String::from_utf8_lossy(k)
+            ));
             continue;
         }
         let (ta, tb) = (pttl(&mut a, k)?, pttl(&mut b, k)?);
         let ok = (ta < 0 && tb < 0 && ta == tb) || (ta >= 0 && tb >= 0 && (ta - tb).abs() <= 2000);
         if !ok {
-            diffs.push(format!("{:?}: ttl source {ta} destination {tb}", String::from_utf8_lossy(k)));
+            diffs.push(format!(
+                "{:?}: ttl source {ta} destination {tb}",
+                String::from_utf8_lossy(k)
+            ));
         }
     }
     Ok(diffs)
 }
 
 /// Polls `probe` until it returns Ok or `timeout` passes; the last error is reported.
-pub async fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> TestResult<T> {
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> TestResult<T> {
     let start = Instant::now();
     let mut wait = Duration::from_millis(10);
     loop {
@@ -217,7 +303,11 @@ pub async fn eventually<T>(what: &str, timeout: Duration, mut probe: impl FnMut(
             Ok(v) => return Ok(v),
             Err(last) => {
                 if start.elapsed() >= timeout {
-                    return Err(format!("timed out after {:?} waiting for {what}: {last}", start.elapsed()).into());
+                    return Err(format!(
+                        "timed out after {:?} waiting for {what}: {last}",
+                        start.elapsed()
+                    )
+                    .into());
                 }
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_millis(200));
@@ -237,14 +327,32 @@ pub struct Stream {
 
 impl Stream {
     pub fn new(replid: &str) -> Self {
-        Self { replid: replid.to_owned(), offset: 1000, snapshot_offset: 1000, records: 0, in_snapshot: false }
+        Self {
+            replid: replid.to_owned(),
+            offset: 1000,
+            snapshot_offset: 1000,
+            records: 0,
+            in_snapshot: false,
+        }
     }
 
     fn pos(&self) -> Position {
         if self.in_snapshot {
-            Position { replid: self.replid.clone(), offset: self.snapshot_offset, db: 0, in_snapshot: true, snapshot_records: self.records }
+            Position {
+                replid: self.replid.clone(),
+                offset: self.snapshot_offset,
+                db: 0,
+                in_snapshot: true,
+                snapshot_records: self.records,
+            }
         } else {
-            Position { replid: self.replid.clone(), offset: self.offset, db: 0, in_snapshot: false, snapshot_records: 0 }
+            Position {
+                replid: self.replid.clone(),
+                offset: self.offset,
+                db: 0,
+                in_snapshot: false,
+                snapshot_records: 0,
+            }
         }
     }
 
@@ -269,33 +377,57 @@ impl Stream {
 
     pub fn key(&mut self, rec: KeyRecord) -> ChangeEvent {
         self.records += 1;
-        ChangeEvent { position: Some(self.pos()), kind: Some(change_event::Kind::Key(rec)) }
+        ChangeEvent {
+            position: Some(self.pos()),
+            kind: Some(change_event::Kind::Key(rec)),
+        }
     }
 
     pub fn snapshot_end(&mut self, keys: u64) -> ChangeEvent {
         self.in_snapshot = false;
         ChangeEvent {
             position: Some(self.pos()),
-            kind: Some(change_event::Kind::SnapshotEnd(SnapshotEnd { keys, expired_keys_skipped: 0, bytes: 0, scripts: Vec::new() })),
+            kind: Some(change_event::Kind::SnapshotEnd(SnapshotEnd {
+                keys,
+                expired_keys_skipped: 0,
+                bytes: 0,
+                scripts: Vec::new(),
+            })),
         }
     }
 
     pub fn command(&mut self, db: u32, args: &[&[u8]], keys: &[u32]) -> ChangeEvent {
         self.offset += 50;
-        ChangeEvent { position: Some(self.pos()), kind: Some(change_event::Kind::Command(command(db, args, keys))) }
+        ChangeEvent {
+            position: Some(self.pos()),
+            kind: Some(change_event::Kind::Command(command(db, args, keys))),
+        }
     }
 
     pub fn transaction(&mut self, commands: Vec<Command>) -> ChangeEvent {
         self.offset += 100;
-        ChangeEvent { position: Some(self.pos()), kind: Some(change_event::Kind::Transaction(Transaction { commands })) }
+        ChangeEvent {
+            position: Some(self.pos()),
+            kind: Some(change_event::Kind::Transaction(Transaction { commands })),
+        }
     }
 
     /// A batch of `events` ending at the current position (plus `extra` bytes of PINGs).
-    pub fn batch(&mut self, shard: &str, events: Vec<ChangeEvent>, extra: u64) -> SubscribeResponse {
+    pub fn batch(
+        &mut self,
+        shard: &str,
+        events: Vec<ChangeEvent>,
+        extra: u64,
+    ) -> SubscribeResponse {
         if !self.in_snapshot {
             self.offset += extra;
         }
-        SubscribeResponse { shard_id: shard.to_owned(), events, end_position: Some(self.pos()), received_offset: self.offset }
+        SubscribeResponse {
+            shard_id: shard.to_owned(),
+            events,
+            end_position: Some(self.pos()),
+            received_offset: self.offset,
+        }
     }
 }
 
@@ -344,7 +476,10 @@ pub fn dump_record(server: &RedisServer, db: u32, key: &[u8]) -> TestResult<KeyR
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Runs `args` on `server` in `db` and fails on an error reply.
@@ -353,7 +488,13 @@ pub fn run(server: &RedisServer, db: u32, args: &[&[u8]]) -> TestResult<Reply> {
     c.cmd_str(&["SELECT", &db.to_string()])?;
     let r = c.command(args)?;
     if let Reply::Error(e) = &r {
-        return Err(format!("{:?}: {e}", args.iter().map(|a| String::from_utf8_lossy(a)).collect::<Vec<_>>()).into());
+        return Err(format!(
+            "{:?}: {e}",
+            args.iter()
+                .map(|a| String::from_utf8_lossy(a))
+                .collect::<Vec<_>>()
+        )
+        .into());
     }
     Ok(r)
 }
