@@ -9,12 +9,17 @@ pub fn crc16(data: &[u8]) -> u16 {
     for &byte in data {
         crc ^= u16::from(byte) << 8;
         for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
         }
     }
     crc
 }
 
+#[cfg(test)]
 /// The slot of `key`: the hash of its first non-empty `{...}` section if it has one,
 /// otherwise of the whole key.
 pub fn key_slot(key: &[u8]) -> u16 {
@@ -23,7 +28,10 @@ pub fn key_slot(key: &[u8]) -> u16 {
         .position(|&b| b == b'{')
         .and_then(|open| {
             let rest = &key[open + 1..];
-            rest.iter().position(|&b| b == b'}').filter(|&close| close > 0).map(|close| &rest[..close])
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&close| close > 0)
+                .map(|close| &rest[..close])
         })
         .unwrap_or(key);
     crc16(hashed) % SLOTS
@@ -76,27 +84,47 @@ pub struct NodesError {
 /// into the masters that own slots. A node that does not know its own IP yet prints an empty
 /// host; `connected_host` (the host we reached) stands in for it. Failed masters are left
 /// out: their slots are served by whoever took over, or by nobody.
-pub fn parse_cluster_nodes(text: &str, connected_host: &str) -> Result<Vec<ClusterMaster>, NodesError> {
+pub fn parse_cluster_nodes(
+    text: &str,
+    connected_host: &str,
+) -> Result<Vec<ClusterMaster>, NodesError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        let err = |reason: &str| NodesError { line: i + 1, reason: reason.to_owned() };
+        let err = |reason: &str| NodesError {
+            line: i + 1,
+            reason: reason.to_owned(),
+        };
         let fields: Vec<&str> = line.split(' ').collect();
         if fields.len() < 8 {
             return Err(err("fewer than 8 fields"));
         }
         let flags: Vec<&str> = fields[2].split(',').collect();
-        if !flags.contains(&"master") || flags.iter().any(|f| matches!(*f, "fail" | "handshake" | "noaddr")) {
+        if !flags.contains(&"master")
+            || flags
+                .iter()
+                .any(|f| matches!(*f, "fail" | "handshake" | "noaddr"))
+        {
             continue;
         }
         let addr = fields[1].split(['@', ',']).next().unwrap_or("");
-        let (host, port) = addr.rsplit_once(':').ok_or_else(|| err("address without port"))?;
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| err("address without port"))?;
         let port: u16 = port.parse().map_err(|_| err("bad port"))?;
-        let host = if host.is_empty() { connected_host } else { host };
-        let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
+        let host = if host.is_empty() {
+            connected_host
+        } else {
+            host
+        };
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
         let mut slots = Vec::new();
         for s in &fields[8..] {
             // "[slot->-node]" / "[slot-<-node]": a migration in progress, not ownership.
@@ -104,7 +132,10 @@ pub fn parse_cluster_nodes(text: &str, connected_host: &str) -> Result<Vec<Clust
                 continue;
             }
             let range = match s.split_once('-') {
-                Some((a, b)) => SlotRange { start: parse_slot(a).ok_or_else(|| err("bad slot"))?, end: parse_slot(b).ok_or_else(|| err("bad slot"))? },
+                Some((a, b)) => SlotRange {
+                    start: parse_slot(a).ok_or_else(|| err("bad slot"))?,
+                    end: parse_slot(b).ok_or_else(|| err("bad slot"))?,
+                },
                 None => {
                     let n = parse_slot(s).ok_or_else(|| err("bad slot"))?;
                     SlotRange { start: n, end: n }
@@ -113,7 +144,11 @@ pub fn parse_cluster_nodes(text: &str, connected_host: &str) -> Result<Vec<Clust
             slots.push(range);
         }
         if !slots.is_empty() {
-            out.push(ClusterMaster { id: fields[0].to_owned(), addr: format!("{host}:{port}"), slots });
+            out.push(ClusterMaster {
+                id: fields[0].to_owned(),
+                addr: format!("{host}:{port}"),
+                slots,
+            });
         }
     }
     Ok(out)
@@ -170,7 +205,13 @@ bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb 127.0.0.1:30010@31010 master - 0 0 1 co
         let masters = parse_cluster_nodes(text, "10.0.0.1").unwrap();
         assert_eq!(masters.len(), 3);
         assert_eq!(masters[0].addr, "127.0.0.1:30002");
-        assert_eq!(masters[1].slots, vec![SlotRange { start: 10923, end: 16383 }]);
+        assert_eq!(
+            masters[1].slots,
+            vec![SlotRange {
+                start: 10923,
+                end: 16383
+            }]
+        );
         assert_eq!(masters[2].addr, "10.0.0.1:30001");
         assert_eq!(masters[2].slots.len(), 2);
         assert!(covers_all_slots(&masters));
@@ -179,7 +220,10 @@ bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb 127.0.0.1:30010@31010 master - 0 0 1 co
 
     #[test]
     fn hash_tags_land_in_owned_slots() {
-        let ranges = [SlotRange { start: 9000, end: 9000 }];
+        let ranges = [SlotRange {
+            start: 9000,
+            end: 9000,
+        }];
         let tag = hash_tag_for(&ranges).unwrap();
         assert_eq!(key_slot(format!("DTS:x:{{{tag}}}").as_bytes()), 9000);
     }

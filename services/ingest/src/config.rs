@@ -6,7 +6,11 @@ use redis_sync_service::{CommonArgs, CommonConfig, ConfigError};
 
 /// Command line of `redis-sync-ingest`. Every flag also reads an environment variable.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "redis-sync-ingest", version, about = "Replica of a source Redis that serves its changes over gRPC")]
+#[command(
+    name = "redis-sync-ingest",
+    version,
+    about = "Replica of a source Redis that serves its changes over gRPC"
+)]
 pub struct IngestArgs {
     /// Flags shared with apply.
     #[command(flatten)]
@@ -23,6 +27,10 @@ pub struct IngestArgs {
     /// Most events in one batch sent to a subscriber.
     #[arg(long, env = "REDIS_SYNC_MAX_BATCH_EVENTS", default_value_t = 512)]
     pub max_batch_events: usize,
+    /// Bearer token that IngestService callers (apply's --ingest-token) must send
+    /// ("authorization: Bearer <token>"); unset means no token is required.
+    #[arg(long, env = "REDIS_SYNC_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
 }
 
 /// Validated configuration.
@@ -38,6 +46,8 @@ pub struct IngestConfig {
     pub chunk_threshold_bytes: u64,
     /// Batch size cap.
     pub max_batch_events: usize,
+    /// Required bearer token for IngestService, if any.
+    pub auth_token: Option<String>,
 }
 
 impl IngestArgs {
@@ -66,14 +76,22 @@ impl IngestArgs {
             ));
         }
         if self.spool_dir.as_os_str().is_empty() {
-            return Err(ConfigError::new("--spool-dir (REDIS_SYNC_SPOOL_DIR)", "must not be empty"));
+            return Err(ConfigError::new(
+                "--spool-dir (REDIS_SYNC_SPOOL_DIR)",
+                "must not be empty",
+            ));
         }
+        redis_sync_service::validate_token(
+            "--auth-token (REDIS_SYNC_AUTH_TOKEN)",
+            self.auth_token.as_deref(),
+        )?;
         Ok(IngestConfig {
             common,
             spool_dir: self.spool_dir.clone(),
             spool_max_bytes: self.spool_max_bytes,
             chunk_threshold_bytes: self.chunk_threshold_bytes,
             max_batch_events: self.max_batch_events,
+            auth_token: self.auth_token.clone(),
         })
     }
 }

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use redis_sync_resp::{Decoder, Frame, Limits, RespError, encode_command};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -80,14 +80,28 @@ impl RedisConn {
     pub async fn connect(addr: &str) -> Result<RedisConn, ConnError> {
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Err(_) => {
-                return Err(ConnError::Timeout { addr: addr.to_owned(), what: "connect".into(), timeout: CONNECT_TIMEOUT });
+                return Err(ConnError::Timeout {
+                    addr: addr.to_owned(),
+                    what: "connect".into(),
+                    timeout: CONNECT_TIMEOUT,
+                });
             }
-            Ok(Err(source)) => return Err(ConnError::Io { addr: addr.to_owned(), source }),
+            Ok(Err(source)) => {
+                return Err(ConnError::Io {
+                    addr: addr.to_owned(),
+                    source,
+                });
+            }
             Ok(Ok(s)) => s,
         };
         // Small commands (ACKs, heartbeats) must not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        Ok(RedisConn { addr: addr.to_owned(), stream, buf: BytesMut::with_capacity(16 * 1024), decoder: Decoder::new(Limits::default()) })
+        Ok(RedisConn {
+            addr: addr.to_owned(),
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+            decoder: Decoder::new(Limits::default()),
+        })
     }
 
     /// The node's address.
@@ -98,7 +112,10 @@ impl RedisConn {
     /// Sends one command and returns its reply (error replies are `Frame::Error`, not `Err`).
     pub async fn command<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<Frame, ConnError> {
         self.send(args).await?;
-        let what = args.first().map(|a| String::from_utf8_lossy(a.as_ref()).into_owned()).unwrap_or_default();
+        let what = args
+            .first()
+            .map(|a| String::from_utf8_lossy(a.as_ref()).into_owned())
+            .unwrap_or_default();
         self.read_reply(&what, REPLY_TIMEOUT).await
     }
 
@@ -106,7 +123,13 @@ impl RedisConn {
     pub async fn send<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<(), ConnError> {
         let mut out = BytesMut::new();
         encode_command(args, &mut out);
-        self.stream.write_all(&out).await.map_err(|source| ConnError::Io { addr: self.addr.clone(), source })
+        self.stream
+            .write_all(&out)
+            .await
+            .map_err(|source| ConnError::Io {
+                addr: self.addr.clone(),
+                source,
+            })
     }
 
     /// Reads one reply, waiting at most `timeout` in total.
@@ -116,14 +139,34 @@ impl RedisConn {
             match self.decoder.decode(&mut self.buf) {
                 Ok(Some(decoded)) => return Ok(decoded.frame),
                 Ok(None) => {}
-                Err(source) => return Err(ConnError::Protocol { addr: self.addr.clone(), source }),
+                Err(source) => {
+                    return Err(ConnError::Protocol {
+                        addr: self.addr.clone(),
+                        source,
+                    });
+                }
             }
             self.buf.reserve(16 * 1024);
             let read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await;
             match read {
-                Err(_) => return Err(ConnError::Timeout { addr: self.addr.clone(), what: what.to_owned(), timeout }),
-                Ok(Err(source)) => return Err(ConnError::Io { addr: self.addr.clone(), source }),
-                Ok(Ok(0)) => return Err(ConnError::Closed { addr: self.addr.clone() }),
+                Err(_) => {
+                    return Err(ConnError::Timeout {
+                        addr: self.addr.clone(),
+                        what: what.to_owned(),
+                        timeout,
+                    });
+                }
+                Ok(Err(source)) => {
+                    return Err(ConnError::Io {
+                        addr: self.addr.clone(),
+                        source,
+                    });
+                }
+                Ok(Ok(0)) => {
+                    return Err(ConnError::Closed {
+                        addr: self.addr.clone(),
+                    });
+                }
                 Ok(Ok(_)) => {}
             }
         }
@@ -168,14 +211,26 @@ impl Credentials {
             return Ok(());
         }
         let reply = if self.username.is_empty() {
-            conn.command(&[b"AUTH".as_slice(), self.password.as_bytes()]).await?
+            conn.command(&[b"AUTH".as_slice(), self.password.as_bytes()])
+                .await?
         } else {
-            conn.command(&[b"AUTH".as_slice(), self.username.as_bytes(), self.password.as_bytes()]).await?
+            conn.command(&[
+                b"AUTH".as_slice(),
+                self.username.as_bytes(),
+                self.password.as_bytes(),
+            ])
+            .await?
         };
         match reply {
             Frame::Simple(_) => Ok(()),
-            Frame::Error(e) => Err(AuthError::Refused { addr: conn.addr().to_owned(), message: String::from_utf8_lossy(&e).into_owned() }),
-            other => Err(AuthError::Refused { addr: conn.addr().to_owned(), message: format!("unexpected reply {other:?}") }),
+            Frame::Error(e) => Err(AuthError::Refused {
+                addr: conn.addr().to_owned(),
+                message: String::from_utf8_lossy(&e).into_owned(),
+            }),
+            other => Err(AuthError::Refused {
+                addr: conn.addr().to_owned(),
+                message: format!("unexpected reply {other:?}"),
+            }),
         }
     }
 }
@@ -207,7 +262,9 @@ pub fn parse_info(text: &str) -> Vec<(String, String)> {
 
 /// Field `name` of parsed INFO.
 pub fn info_field<'a>(info: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    info.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    info.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Keys per database from INFO keyspace lines (`db3:keys=10,expires=0,avg_ttl=0`).
@@ -215,14 +272,21 @@ pub fn keyspace(info: &[(String, String)]) -> Vec<(u32, u64)> {
     info.iter()
         .filter_map(|(k, v)| {
             let db = k.strip_prefix("db")?.parse::<u32>().ok()?;
-            let keys = v.split(',').find_map(|kv| kv.strip_prefix("keys="))?.parse::<u64>().ok()?;
+            let keys = v
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("keys="))?
+                .parse::<u64>()
+                .ok()?;
             Some((db, keys))
         })
         .collect()
 }
 
 /// Runs `INFO [section]` and parses it.
-pub async fn info(conn: &mut RedisConn, section: Option<&str>) -> Result<Result<Vec<(String, String)>, String>, ConnError> {
+pub async fn info(
+    conn: &mut RedisConn,
+    section: Option<&str>,
+) -> Result<Result<Vec<(String, String)>, String>, ConnError> {
     let reply = match section {
         Some(s) => conn.command(&[b"INFO".as_slice(), s.as_bytes()]).await?,
         None => conn.command(&[b"INFO".as_slice()]).await?,
@@ -232,11 +296,6 @@ pub async fn info(conn: &mut RedisConn, section: Option<&str>) -> Result<Result<
         Frame::Error(e) => Err(String::from_utf8_lossy(&e).into_owned()),
         other => Err(format!("unexpected INFO reply {other:?}")),
     })
-}
-
-/// Bulk arguments of a command, for building commands from owned parts.
-pub fn args<const N: usize>(parts: [&[u8]; N]) -> Vec<Bytes> {
-    parts.iter().map(|p| Bytes::copy_from_slice(p)).collect()
 }
 
 #[cfg(test)]

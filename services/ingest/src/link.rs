@@ -12,8 +12,8 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::BytesMut;
-use redis_sync_resp::{
-    handshake::{EofMarkScanner, MarkScan, PsyncReply, TransferHeader, parse_psync_reply, parse_transfer_header},
+use redis_sync_resp::handshake::{
+    EofMarkScanner, MarkScan, PsyncReply, TransferHeader, parse_psync_reply, parse_transfer_header,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -28,6 +28,7 @@ use crate::{
     conn::{self, AuthError, ConnError, Credentials, RedisConn},
     metrics::ShardMetrics,
     spool::{SnapshotInfo, Spool, SpoolError, SpoolWriter},
+    stop::StopSignal,
 };
 
 /// How long the master may stay silent before the link is considered dead. The master
@@ -120,12 +121,26 @@ pub struct LinkHandle {
 }
 
 impl LinkHandle {
-    /// Starts a link that fills `spool`.
-    pub fn start(config: LinkConfig, spool: Arc<Spool>, metrics: ShardMetrics) -> LinkHandle {
+    /// Starts a link that fills `spool`. It stops on [`LinkHandle::stop`], when the handle
+    /// is dropped, or when `halt` (the whole service stopping) fires.
+    pub fn start(
+        config: LinkConfig,
+        spool: Arc<Spool>,
+        metrics: ShardMetrics,
+        halt: watch::Receiver<bool>,
+    ) -> LinkHandle {
         let (stop, stop_rx) = watch::channel(false);
+        let stop_rx = StopSignal::new(stop_rx, halt);
         let (state_tx, state) = watch::channel(LinkState::Connecting);
         let span = tracing::info_span!("replica_link", subscriber = %config.subscriber_id, shard = %config.shard_id, master = %config.addr);
-        let runner = LinkRunner { config, spool, metrics, state: state_tx, stop: stop_rx, getack: GetAckScanner::lost() };
+        let runner = LinkRunner {
+            config,
+            spool,
+            metrics,
+            state: state_tx,
+            stop: stop_rx,
+            getack: GetAckScanner::lost(),
+        };
         let task = tokio::spawn(runner.run().instrument(span));
         LinkHandle { stop, state, task }
     }
@@ -180,16 +195,12 @@ impl SessionError {
     }
 }
 
-enum SessionEnd {
-    Stopped,
-}
-
 struct LinkRunner {
     config: LinkConfig,
     spool: Arc<Spool>,
     metrics: ShardMetrics,
     state: watch::Sender<LinkState>,
-    stop: watch::Receiver<bool>,
+    stop: StopSignal,
     /// Kept across reconnects: the byte stream continues where it broke, possibly in the
     /// middle of a command.
     getack: GetAckScanner,
@@ -199,7 +210,7 @@ impl LinkRunner {
     async fn run(mut self) {
         let mut attempt: u32 = 0;
         loop {
-            if *self.stop.borrow() {
+            if self.stop.is_set() {
                 break;
             }
             self.state.send_replace(LinkState::Connecting);
@@ -207,21 +218,31 @@ impl LinkRunner {
             let result = self.session(&mut reached_stream).await;
             self.metrics.link_up.set(0);
             match result {
-                Ok(SessionEnd::Stopped) | Err(SessionError::Stopped) => break,
+                Ok(()) | Err(SessionError::Stopped) => break,
                 Err(e) => {
                     if let Some(kind) = e.permanent() {
                         tracing::error!(error = %e, "replica link failed");
-                        self.state.send_replace(LinkState::Failed(LinkFailure { kind, message: e.to_string() }));
+                        self.state.send_replace(LinkState::Failed(LinkFailure {
+                            kind,
+                            message: e.to_string(),
+                        }));
                         return;
                     }
-                    attempt = if reached_stream { 1 } else { attempt.saturating_add(1) };
+                    attempt = if reached_stream {
+                        1
+                    } else {
+                        attempt.saturating_add(1)
+                    };
                     let delay = backoff(attempt);
                     tracing::warn!(error = %e, attempt, retry_in = ?delay, "replica link broke, reconnecting");
                     self.metrics.link_errors.inc();
-                    self.state.send_replace(LinkState::Retrying { error: e.to_string(), attempt });
+                    self.state.send_replace(LinkState::Retrying {
+                        error: e.to_string(),
+                        attempt,
+                    });
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = stop_requested(&mut self.stop) => break,
+                        () = self.stop.requested() => break,
                     }
                 }
             }
@@ -229,7 +250,8 @@ impl LinkRunner {
         self.state.send_replace(LinkState::Stopped);
     }
 
-    async fn session(&mut self, reached_stream: &mut bool) -> Result<SessionEnd, SessionError> {
+    /// One connection to the master, until it breaks (`Err`) or a stop is requested (`Ok`).
+    async fn session(&mut self, reached_stream: &mut bool) -> Result<(), SessionError> {
         let addr = self.config.addr.clone();
         let mut conn = RedisConn::connect(&addr).await?;
         let mut writer = self.spool.writer().await?;
@@ -239,16 +261,24 @@ impl LinkRunner {
         let pong = conn.command(&[b"PING".as_slice()]).await?;
         let mut auth_required = false;
         if let Some(err) = conn::reply_error(&pong) {
-            if err.starts_with("NOAUTH") || err.starts_with("NOPERM") || err.contains("operation not permitted") {
+            if err.starts_with("NOAUTH")
+                || err.starts_with("NOPERM")
+                || err.contains("operation not permitted")
+            {
                 auth_required = true;
             } else if is_not_ready(&err) {
                 return Err(SessionError::NotReady { addr, message: err });
             } else {
-                return Err(SessionError::Protocol { addr, message: format!("PING answered {err}") });
+                return Err(SessionError::Protocol {
+                    addr,
+                    message: format!("PING answered {err}"),
+                });
             }
         }
         if auth_required && self.config.credentials.password.is_empty() {
-            return Err(SessionError::Auth(format!("master {addr} requires a password and none is configured")));
+            return Err(SessionError::Auth(format!(
+                "master {addr} requires a password and none is configured"
+            )));
         }
         match self.config.credentials.authenticate(&mut conn).await {
             Ok(()) => {}
@@ -263,13 +293,17 @@ impl LinkRunner {
         };
 
         let port = self.config.listening_port.to_string();
-        let reply = conn.command(&[b"REPLCONF".as_slice(), b"listening-port", port.as_bytes()]).await?;
+        let reply = conn
+            .command(&[b"REPLCONF".as_slice(), b"listening-port", port.as_bytes()])
+            .await?;
         if let Some(err) = conn::reply_error(&reply) {
             check_handshake_error(&addr, &err)?;
             // A Redis replica only logs this too: the port is informational.
             tracing::debug!(error = %err, "master refused REPLCONF listening-port");
         }
-        let reply = conn.command(&[b"REPLCONF".as_slice(), b"capa", b"eof", b"capa", b"psync2"]).await?;
+        let reply = conn
+            .command(&[b"REPLCONF".as_slice(), b"capa", b"eof", b"capa", b"psync2"])
+            .await?;
         if let Some(err) = conn::reply_error(&reply) {
             check_handshake_error(&addr, &err)?;
             // Redis 2.8 does not know capabilities: it then sends disk snapshots and
@@ -280,14 +314,24 @@ impl LinkRunner {
         let end = self.spool.end();
         let (asked, full_reason) = match (&end, self.spool.forced_full_sync()) {
             (_, Some(reason)) => (None, reason),
-            (Some(end), None) => (Some(ResumeFrom { replid: end.replid.clone(), offset: end.offset }), String::new()),
-            (None, None) if self.spool.is_empty() => (self.config.resume_from.clone(), self.config.first_sync_reason.clone()),
+            (Some(end), None) => (
+                Some(ResumeFrom {
+                    replid: end.replid.clone(),
+                    offset: end.offset,
+                }),
+                String::new(),
+            ),
+            (None, None) if self.spool.is_empty() => (
+                self.config.resume_from.clone(),
+                self.config.first_sync_reason.clone(),
+            ),
             (None, None) => (None, self.config.first_sync_reason.clone()),
         };
         match &asked {
             Some(p) => {
                 let next = (p.offset + 1).to_string();
-                conn.send(&[b"PSYNC".as_slice(), p.replid.as_bytes(), next.as_bytes()]).await?;
+                conn.send(&[b"PSYNC".as_slice(), p.replid.as_bytes(), next.as_bytes()])
+                    .await?;
             }
             None => conn.send(&[b"PSYNC".as_slice(), b"?", b"-1"]).await?,
         }
@@ -299,7 +343,12 @@ impl LinkRunner {
                     break reply;
                 }
                 Ok(None) => read_more(&mut socket, &mut buf, &addr, &mut self.stop).await?,
-                Err(e) => return Err(SessionError::Protocol { addr, message: format!("PSYNC reply: {e}") }),
+                Err(e) => {
+                    return Err(SessionError::Protocol {
+                        addr,
+                        message: format!("PSYNC reply: {e}"),
+                    });
+                }
             }
         };
         match reply {
@@ -308,7 +357,10 @@ impl LinkRunner {
                     return Err(SessionError::NotReady { addr, message: err });
                 }
                 check_handshake_error(&addr, &err)?;
-                return Err(SessionError::Refused { addr, message: format!("PSYNC answered -{err}") });
+                Err(SessionError::Refused {
+                    addr,
+                    message: format!("PSYNC answered -{err}"),
+                })
             }
             PsyncReply::FullResync { replid, offset } => {
                 let reason = match &asked {
@@ -321,8 +373,14 @@ impl LinkRunner {
                 tracing::info!(%replid, offset, %reason, "full resync");
                 self.state.send_replace(LinkState::Transferring);
                 self.metrics.link_up.set(1);
-                let info = SnapshotInfo { expected_bytes: 0, estimated_keys, reason };
-                let transferred = self.transfer(&mut socket, &mut buf, &mut writer, &replid, offset, info).await;
+                let info = SnapshotInfo {
+                    expected_bytes: 0,
+                    estimated_keys,
+                    reason,
+                };
+                let transferred = self
+                    .transfer(&mut socket, &mut buf, &mut writer, &replid, offset, info)
+                    .await;
                 if let Err(e) = transferred {
                     writer.abandon_snapshot().await?;
                     return Err(e);
@@ -337,7 +395,10 @@ impl LinkRunner {
             }
             PsyncReply::Continue { new_replid } => {
                 let Some(asked) = asked else {
-                    return Err(SessionError::Protocol { addr, message: "+CONTINUE in reply to PSYNC ? -1".into() });
+                    return Err(SessionError::Protocol {
+                        addr,
+                        message: "+CONTINUE in reply to PSYNC ? -1".into(),
+                    });
                 };
                 let replid = new_replid.unwrap_or_else(|| asked.replid.clone());
                 let spool_end = self.spool.end();
@@ -384,7 +445,12 @@ impl LinkRunner {
                     }
                     read_more(socket, buf, &addr, &mut self.stop).await?;
                 }
-                Err(e) => return Err(SessionError::Protocol { addr, message: format!("snapshot header: {e}") }),
+                Err(e) => {
+                    return Err(SessionError::Protocol {
+                        addr,
+                        message: format!("snapshot header: {e}"),
+                    });
+                }
             }
         };
         match header {
@@ -438,7 +504,7 @@ impl LinkRunner {
         wr: &mut OwnedWriteHalf,
         writer: &mut SpoolWriter,
         mut buf: BytesMut,
-    ) -> Result<SessionEnd, SessionError> {
+    ) -> Result<(), SessionError> {
         let addr = self.config.addr.clone();
         self.state.send_replace(LinkState::Streaming);
         self.metrics.link_up.set(1);
@@ -453,9 +519,9 @@ impl LinkRunner {
         loop {
             buf.reserve(READ_CHUNK);
             tokio::select! {
-                () = stop_requested(&mut stop) => {
+                () = stop.requested() => {
                     let _ = writer.sync().await;
-                    return Ok(SessionEnd::Stopped);
+                    return Ok(());
                 }
                 read = rd.read_buf(&mut buf) => {
                     let n = read.map_err(|source| ConnError::Io { addr: addr.clone(), source })?;
@@ -477,21 +543,25 @@ impl LinkRunner {
         }
     }
 
-    async fn received(&mut self, chunk: &[u8], writer: &mut SpoolWriter, wr: &mut OwnedWriteHalf) -> Result<(), SessionError> {
+    async fn received(
+        &mut self,
+        chunk: &[u8],
+        writer: &mut SpoolWriter,
+        wr: &mut OwnedWriteHalf,
+    ) -> Result<(), SessionError> {
         writer.append(chunk).await?;
         self.metrics.bytes_received.add(chunk.len() as u64);
-        self.metrics.source_offset.set(i64::try_from(self.spool.received_offset()).unwrap_or(i64::MAX));
+        self.metrics
+            .source_offset
+            .set(i64::try_from(self.spool.received_offset()).unwrap_or(i64::MAX));
+        self.metrics
+            .spool_bytes
+            .set(i64::try_from(self.spool.bytes()).unwrap_or(i64::MAX));
         if self.getack.feed(chunk) > 0 {
             send_ack(wr, writer, &self.config.addr).await?;
         }
         Ok(())
     }
-}
-
-/// Completes once a stop is requested (or the handle is gone, which means the same).
-async fn stop_requested(stop: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not Send: drop it here, inside this function.
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Reads more bytes into `buf`. Fails when a stop was requested, the master closed the
@@ -500,11 +570,11 @@ async fn read_more(
     socket: &mut TcpStream,
     buf: &mut BytesMut,
     addr: &str,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut StopSignal,
 ) -> Result<(), SessionError> {
     buf.reserve(READ_CHUNK);
     tokio::select! {
-        () = stop_requested(stop) => Err(SessionError::Stopped),
+        () = stop.requested() => Err(SessionError::Stopped),
         read = tokio::time::timeout(MASTER_SILENCE, socket.read_buf(buf)) => match read {
             Err(_) => Err(SessionError::Silent { addr: addr.to_owned() }),
             Ok(Err(source)) => Err(ConnError::Io { addr: addr.to_owned(), source }.into()),
@@ -515,14 +585,24 @@ async fn read_more(
 }
 
 /// Makes the spooled bytes durable, then tells the master how far we got.
-async fn send_ack(wr: &mut OwnedWriteHalf, writer: &mut SpoolWriter, addr: &str) -> Result<(), SessionError> {
+async fn send_ack(
+    wr: &mut OwnedWriteHalf,
+    writer: &mut SpoolWriter,
+    addr: &str,
+) -> Result<(), SessionError> {
     let Some(end) = writer.sync().await? else {
         return Ok(());
     };
     let offset = end.offset.to_string();
     let mut out = BytesMut::new();
-    redis_sync_resp::encode_command(&[b"REPLCONF".as_slice(), b"ACK", offset.as_bytes()], &mut out);
-    wr.write_all(&out).await.map_err(|source| ConnError::Io { addr: addr.to_owned(), source })?;
+    redis_sync_resp::encode_command(
+        &[b"REPLCONF".as_slice(), b"ACK", offset.as_bytes()],
+        &mut out,
+    );
+    wr.write_all(&out).await.map_err(|source| ConnError::Io {
+        addr: addr.to_owned(),
+        source,
+    })?;
     Ok(())
 }
 
@@ -535,8 +615,14 @@ fn is_not_ready(err: &str) -> bool {
 }
 
 fn check_handshake_error(addr: &str, err: &str) -> Result<(), SessionError> {
-    if err.starts_with("NOAUTH") || err.starts_with("NOPERM") || err.starts_with("WRONGPASS") || err.contains("operation not permitted") {
-        return Err(SessionError::Auth(format!("master {addr} refused the replica handshake: {err}")));
+    if err.starts_with("NOAUTH")
+        || err.starts_with("NOPERM")
+        || err.starts_with("WRONGPASS")
+        || err.contains("operation not permitted")
+    {
+        return Err(SessionError::Auth(format!(
+            "master {addr} refused the replica handshake: {err}"
+        )));
     }
     Ok(())
 }
@@ -594,7 +680,10 @@ impl Default for GetAckScanner {
 
 impl GetAckScanner {
     fn lost() -> Self {
-        GetAckScanner { state: ScanState::Lost, ..Default::default() }
+        GetAckScanner {
+            state: ScanState::Lost,
+            ..Default::default()
+        }
     }
 
     /// Scans `bytes`; returns how many GETACK commands ended in them.
@@ -610,7 +699,11 @@ impl GetAckScanner {
                     self.first_len = 0;
                     self.second_len = 0;
                     self.line.clear();
-                    self.state = if b == b'*' { ScanState::ArrayLen } else { ScanState::InlineLine };
+                    self.state = if b == b'*' {
+                        ScanState::ArrayLen
+                    } else {
+                        ScanState::InlineLine
+                    };
                     if b == b'\n' {
                         self.state = ScanState::Start;
                     }
@@ -622,7 +715,13 @@ impl GetAckScanner {
                         match self.state {
                             ScanState::InlineLine => self.state = ScanState::Start,
                             ScanState::ArrayLen => match parse_len(digits) {
-                                Some(0) | None => self.state = if digits == b"-1" || digits == b"0" { ScanState::Start } else { ScanState::Lost },
+                                Some(0) | None => {
+                                    self.state = if digits == b"-1" || digits == b"0" {
+                                        ScanState::Start
+                                    } else {
+                                        ScanState::Lost
+                                    }
+                                }
                                 Some(n) => {
                                     self.args_left = n;
                                     self.state = ScanState::BulkLen;
@@ -632,7 +731,11 @@ impl GetAckScanner {
                                 Some((b'$', n)) => match parse_len(n) {
                                     Some(n) => {
                                         self.bulk_left = n;
-                                        self.state = if n == 0 { ScanState::BulkCr } else { ScanState::BulkBody };
+                                        self.state = if n == 0 {
+                                            ScanState::BulkCr
+                                        } else {
+                                            ScanState::BulkBody
+                                        };
                                     }
                                     None => self.state = ScanState::Lost,
                                 },
@@ -666,7 +769,13 @@ impl GetAckScanner {
                     }
                     continue;
                 }
-                ScanState::BulkCr => self.state = if b == b'\r' { ScanState::BulkLf } else { ScanState::Lost },
+                ScanState::BulkCr => {
+                    self.state = if b == b'\r' {
+                        ScanState::BulkLf
+                    } else {
+                        ScanState::Lost
+                    }
+                }
                 ScanState::BulkLf => {
                     if b != b'\n' {
                         self.state = ScanState::Lost;

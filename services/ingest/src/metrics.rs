@@ -33,12 +33,36 @@ impl ShardMetrics {
                 "Bytes received from the source master (snapshot and stream).",
                 l,
             ),
-            events_sent: metrics.counter("redis_sync_ingest_events_sent_total", "Change events sent to the subscriber.", l),
-            spool_bytes: metrics.gauge("redis_sync_ingest_spool_bytes", "Bytes held in the spool.", l),
-            link_up: metrics.gauge("redis_sync_ingest_link_up", "1 while the replica link to the source master is connected.", l),
-            source_offset: metrics.gauge("redis_sync_ingest_source_offset", "Replication offset received from the source master.", l),
-            acked_offset: metrics.gauge("redis_sync_ingest_acked_offset", "Replication offset the subscriber acknowledged.", l),
-            link_errors: metrics.counter("redis_sync_ingest_link_errors_total", "Times the replica link broke and reconnected.", l),
+            events_sent: metrics.counter(
+                "redis_sync_ingest_events_sent_total",
+                "Change events sent to the subscriber.",
+                l,
+            ),
+            spool_bytes: metrics.gauge(
+                "redis_sync_ingest_spool_bytes",
+                "Bytes held in the spool.",
+                l,
+            ),
+            link_up: metrics.gauge(
+                "redis_sync_ingest_link_up",
+                "1 while the replica link to the source master is connected.",
+                l,
+            ),
+            source_offset: metrics.gauge(
+                "redis_sync_ingest_source_offset",
+                "Replication offset received from the source master.",
+                l,
+            ),
+            acked_offset: metrics.gauge(
+                "redis_sync_ingest_acked_offset",
+                "Replication offset the subscriber acknowledged.",
+                l,
+            ),
+            link_errors: metrics.counter(
+                "redis_sync_ingest_link_errors_total",
+                "Times the replica link broke and reconnected.",
+                l,
+            ),
             expired_keys_skipped: metrics.counter(
                 "redis_sync_ingest_expired_keys_skipped_total",
                 "Snapshot keys skipped because they had already expired.",

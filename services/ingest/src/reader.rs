@@ -7,7 +7,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use redis_sync_proto::v1::{ChangeEvent, Position, SubscribeResponse};
+use redis_sync_proto::v1::{ChangeEvent, Position, SubscribeResponse, change_event::Kind};
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
@@ -20,10 +20,14 @@ use crate::{
     link::{FailureKind, LinkState},
     metrics::ShardMetrics,
     spool::{SegmentKind, SegmentMeta, SegmentState, Spool, SpoolError},
+    stop::StopSignal,
 };
 
 /// Largest read from a segment file at once.
 const READ_CHUNK: usize = 256 * 1024;
+/// A batch is sent once its events reach this many encoded bytes, so messages stay below
+/// the 4 MiB a default gRPC client accepts (an event bigger than this goes alone).
+const BATCH_MAX_BYTES: usize = 2 * 1024 * 1024;
 /// A batch is sent at the latest after this long, even if not full, so a busy snapshot
 /// still shows progress.
 const BATCH_MAX_DELAY: Duration = Duration::from_millis(200);
@@ -85,9 +89,13 @@ impl ReaderError {
         Some(match self {
             ReaderError::Closed | ReaderError::Cancelled => return None,
             ReaderError::LinkStopped => Status::unavailable(self.to_string()),
-            ReaderError::Spool(SpoolError::Full { .. }) => Status::resource_exhausted(self.to_string()),
+            ReaderError::Spool(SpoolError::Full { .. }) => {
+                Status::resource_exhausted(self.to_string())
+            }
             ReaderError::Spool(_) => Status::internal(self.to_string()),
-            ReaderError::Snapshot(_) | ReaderError::Stream(_) | ReaderError::Gone(_) => Status::data_loss(self.to_string()),
+            ReaderError::Snapshot(_) | ReaderError::Stream(_) | ReaderError::Gone(_) => {
+                Status::data_loss(self.to_string())
+            }
             ReaderError::Link(msg, kind) => match kind {
                 FailureKind::SpoolFull => Status::resource_exhausted(msg.clone()),
                 FailureKind::Authentication => Status::permission_denied(msg.clone()),
@@ -108,10 +116,11 @@ struct Reader {
     cfg: ReaderConfig,
     tx: EventSender,
     link: watch::Receiver<LinkState>,
-    cancel: watch::Receiver<bool>,
+    cancel: StopSignal,
     metrics: ShardMetrics,
     scripts: ScriptCache,
     batch: Vec<ChangeEvent>,
+    batch_bytes: usize,
     last_sent: Option<Position>,
     buf: Vec<u8>,
 }
@@ -124,7 +133,7 @@ pub async fn run(
     cfg: ReaderConfig,
     tx: EventSender,
     link: watch::Receiver<LinkState>,
-    cancel: watch::Receiver<bool>,
+    cancel: StopSignal,
     metrics: ShardMetrics,
 ) {
     let mut reader = Reader {
@@ -136,6 +145,7 @@ pub async fn run(
         metrics,
         scripts: ScriptCache::default(),
         batch: Vec::new(),
+        batch_bytes: 0,
         last_sent: None,
         buf: vec![0; READ_CHUNK],
     };
@@ -169,7 +179,9 @@ impl Reader {
                 start.skip_records,
                 start.emit_begin,
             )),
-            SegmentKind::Stream => Decoding::Stream(self.stream_decoder(&segment, segment.offset + pos, start.db)),
+            SegmentKind::Stream => {
+                Decoding::Stream(self.stream_decoder(&segment, segment.offset + pos, start.db))
+            }
         };
         let mut file = self.spool.open_segment(segment.id).await?;
         let mut changes = self.spool.subscribe_changes();
@@ -180,18 +192,26 @@ impl Reader {
             let state = self.spool.segment_state(segment.id);
             let (len, sealed) = match state {
                 SegmentState::Present { len, sealed } => (len, sealed),
-                SegmentState::Gone => match decoding {
-                    // An unfinished snapshot was abandoned; the link starts a new full
-                    // copy, whose SnapshotBegin supersedes what was sent of this one.
-                    Decoding::Snapshot(_) => {
+                SegmentState::Gone => {
+                    // Deleted under us. A trimmed segment (a stale acknowledgement can trim
+                    // past this reader) is still readable through the open file; only an
+                    // abandoned snapshot transfer is really lost.
+                    let readable = match decoding {
+                        Decoding::Stream(_) => true,
+                        Decoding::Snapshot(_) => file.is_complete_snapshot().await?,
+                    };
+                    if readable {
+                        (file.payload_len().await?, true)
+                    } else {
+                        // The link starts a new full copy, whose SnapshotBegin supersedes
+                        // what was sent of this one.
                         self.flush().await?;
                         segment = self.wait_segment_after(segment.id).await?;
-                        (decoding, pos) = self.enter(&segment, None);
+                        (decoding, pos) = self.enter(&segment, 0);
                         file = self.spool.open_segment(segment.id).await?;
                         continue;
                     }
-                    Decoding::Stream(_) => return Err(ReaderError::Gone(segment.id)),
-                },
+                }
             };
             if pos < len {
                 let want = ((len - pos) as usize).min(self.buf.len());
@@ -200,16 +220,15 @@ impl Reader {
                     return Err(ReaderError::Gone(segment.id));
                 }
                 pos += n as u64;
-                let chunk = self.buf[..n].to_vec();
                 match &mut decoding {
                     Decoding::Snapshot(d) => {
-                        d.feed(&chunk);
+                        d.feed(&self.buf[..n]);
                         while let Some(e) = d.next_event(&mut self.scripts)? {
                             self.push(e).await?;
                         }
                     }
                     Decoding::Stream(d) => {
-                        d.feed(&chunk);
+                        d.feed(&self.buf[..n]);
                         while let Some(e) = d.next_event(&mut self.scripts)? {
                             self.push(e).await?;
                         }
@@ -222,31 +241,37 @@ impl Reader {
                 continue;
             }
             if sealed {
-                match &mut decoding {
-                    Decoding::Snapshot(d) => {
-                        if !d.is_ended() {
-                            d.finish()?;
-                        }
-                        self.flush_with(&decoding).await?;
-                        segment = self.wait_segment_after(segment.id).await?;
-                        (decoding, pos) = self.enter(&segment, None);
+                if let Decoding::Snapshot(d) = &mut decoding {
+                    d.input_complete();
+                    while let Some(e) = d.next_event(&mut self.scripts)? {
+                        self.push(e).await?;
                     }
-                    Decoding::Stream(d) => {
-                        let next = self.wait_segment_after(segment.id).await?;
-                        if matches!(next.kind, SegmentKind::Stream) && next.offset == segment.end_offset() {
-                            // The byte stream goes on in the next segment, possibly in the
-                            // middle of a command; only the replid label may change.
-                            if next.replid != segment.replid {
-                                d.switch_replid(next.offset, next.replid.clone());
-                            }
-                            pos = 0;
-                        } else {
-                            self.flush_with(&decoding).await?;
-                            (decoding, pos) = self.enter(&next, Some(d));
+                    if !d.is_ended() {
+                        // Fails: the transfer finished but the RDB did not.
+                        d.finish()?;
+                    }
+                    self.flush_with(&decoding).await?;
+                }
+                let next = self.wait_segment_after(segment.id).await?;
+                let continues =
+                    matches!(next.kind, SegmentKind::Stream) && next.offset == segment.end_offset();
+                match &mut decoding {
+                    Decoding::Stream(d) if continues => {
+                        // The byte stream goes on in the next segment, possibly in the middle
+                        // of a command; only the replid label may change.
+                        if next.replid != segment.replid {
+                            d.switch_replid(next.offset, next.replid.clone());
                         }
-                        segment = next;
+                        pos = 0;
+                    }
+                    _ => {
+                        self.flush_with(&decoding).await?;
+                        // A stream that does not continue the previous bytes follows a
+                        // snapshot, whose stream starts with db 0.
+                        (decoding, pos) = self.enter(&next, 0);
                     }
                 }
+                segment = next;
                 file = self.spool.open_segment(segment.id).await?;
                 continue;
             }
@@ -258,7 +283,7 @@ impl Reader {
     }
 
     /// Starts decoding `segment` from its beginning.
-    fn enter(&self, segment: &SegmentMeta, previous: Option<&mut StreamDecoder>) -> (Decoding, u64) {
+    fn enter(&self, segment: &SegmentMeta, db: u32) -> (Decoding, u64) {
         let decoding = match &segment.kind {
             SegmentKind::Snapshot(info) => Decoding::Snapshot(SnapshotDecoder::new(
                 segment.replid.clone(),
@@ -269,9 +294,6 @@ impl Reader {
                 true,
             )),
             SegmentKind::Stream => {
-                // A stream that does not continue the previous one only follows a snapshot
-                // (whose stream starts with db 0); otherwise keep the db.
-                let db = previous.map_or(0, |d| d.resume_position().db);
                 Decoding::Stream(self.stream_decoder(segment, segment.offset, db))
             }
         };
@@ -279,7 +301,12 @@ impl Reader {
     }
 
     fn stream_decoder(&self, segment: &SegmentMeta, offset: u64, db: u32) -> StreamDecoder {
-        StreamDecoder::new(segment.replid.clone(), offset, db, self.cfg.heartbeat.clone())
+        StreamDecoder::new(
+            segment.replid.clone(),
+            offset,
+            db,
+            self.cfg.heartbeat.clone(),
+        )
     }
 
     async fn wait_first_segment(&mut self) -> Result<SegmentMeta, ReaderError> {
@@ -327,17 +354,25 @@ impl Reader {
                     Err(ReaderError::LinkStopped)
                 }
             },
-            r = self.cancel.changed() => match r {
-                Ok(()) if !*self.cancel.borrow() => Ok(()),
-                _ => Err(ReaderError::Cancelled),
-            },
+            () = self.cancel.requested() => Err(ReaderError::Cancelled),
             () = self.tx.closed() => Err(ReaderError::Closed),
         }
     }
 
     async fn push(&mut self, event: ChangeEvent) -> Result<(), ReaderError> {
+        if let Some(Kind::SnapshotEnd(end)) = &event.kind {
+            self.metrics
+                .expired_keys_skipped
+                .add(end.expired_keys_skipped);
+        }
+        let size = prost::Message::encoded_len(&event);
+        if !self.batch.is_empty() && self.batch_bytes + size > BATCH_MAX_BYTES {
+            let end = self.batch.last().and_then(|e| e.position.clone());
+            self.send(end).await?;
+        }
+        self.batch_bytes += size;
         self.batch.push(event);
-        if self.batch.len() >= self.cfg.max_batch_events {
+        if self.batch.len() >= self.cfg.max_batch_events || self.batch_bytes >= BATCH_MAX_BYTES {
             let end = self.batch.last().and_then(|e| e.position.clone());
             self.send(end).await?;
         }
@@ -365,6 +400,7 @@ impl Reader {
 
     async fn send(&mut self, end: Option<Position>) -> Result<(), ReaderError> {
         let events = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
         let n = events.len() as u64;
         let response = SubscribeResponse {
             shard_id: self.cfg.shard_id.clone(),
@@ -374,16 +410,10 @@ impl Reader {
         };
         tokio::select! {
             r = self.tx.send(Ok(response)) => r.map_err(|_| ReaderError::Closed)?,
-            () = cancelled(&mut self.cancel) => return Err(ReaderError::Cancelled),
+            () = self.cancel.requested() => return Err(ReaderError::Cancelled),
         }
         self.metrics.events_sent.add(n);
         self.last_sent = end;
         Ok(())
     }
-}
-
-/// Completes once `cancel` is set or its sender is gone.
-async fn cancelled(cancel: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not Send: it must not live in the caller's future.
-    let _ = cancel.wait_for(|c| *c).await;
 }

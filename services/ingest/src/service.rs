@@ -1,6 +1,6 @@
 //! `redis_sync.v1.IngestService`: the gRPC face of ingest.
 
-use std::pin::Pin;
+use std::{pin::Pin, sync::Arc};
 
 use redis_sync_proto::v1::{
     AcknowledgeRequest, AcknowledgeResponse, ProbeSourceRequest, ProbeSourceResponse,
@@ -10,21 +10,24 @@ use redis_sync_telemetry::Metrics;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::config::IngestConfig;
+use crate::{config::IngestConfig, probe, subscription::Registry};
 
 /// The IngestService implementation.
 #[derive(Debug, Clone)]
 pub struct IngestApi {
-    #[allow(dead_code)]
-    config: IngestConfig,
-    #[allow(dead_code)]
-    metrics: Metrics,
+    registry: Arc<Registry>,
 }
 
 impl IngestApi {
-    /// A service with `config`.
+    /// A service with `config`, with its own registry of subscribers.
     pub fn new(config: IngestConfig, metrics: Metrics) -> Self {
-        Self { config, metrics }
+        Self {
+            registry: Registry::new(config, metrics),
+        }
+    }
+
+    pub(crate) fn with_registry(registry: Arc<Registry>) -> Self {
+        Self { registry }
     }
 }
 
@@ -34,24 +37,33 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> 
 impl IngestService for IngestApi {
     async fn probe_source(
         &self,
-        _request: Request<ProbeSourceRequest>,
+        request: Request<ProbeSourceRequest>,
     ) -> Result<Response<ProbeSourceResponse>, Status> {
-        Err(Status::unimplemented("ProbeSource is not built yet"))
+        let source = request
+            .into_inner()
+            .source
+            .ok_or_else(|| Status::invalid_argument("source is required"))?;
+        if source.address.is_empty() {
+            return Err(Status::invalid_argument("source.address is required"));
+        }
+        Ok(Response::new(probe::probe(&source).await))
     }
 
     type SubscribeStream = EventStream;
 
     async fn subscribe(
         &self,
-        _request: Request<SubscribeRequest>,
+        request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        Err(Status::unimplemented("Subscribe is not built yet"))
+        let stream = self.registry.subscribe(request.into_inner()).await?;
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn acknowledge(
         &self,
-        _request: Request<AcknowledgeRequest>,
+        request: Request<AcknowledgeRequest>,
     ) -> Result<Response<AcknowledgeResponse>, Status> {
-        Err(Status::unimplemented("Acknowledge is not built yet"))
+        self.registry.acknowledge(request.into_inner()).await?;
+        Ok(Response::new(AcknowledgeResponse {}))
     }
 }

@@ -69,7 +69,10 @@ pub enum SpoolError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
-    move |source| SpoolError::Io { path: path.to_path_buf(), source }
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The byte budget shared by all spools of one subscriber.
@@ -82,7 +85,10 @@ pub struct SpoolBudget {
 impl SpoolBudget {
     /// A budget of `max` bytes.
     pub fn new(max: u64) -> Arc<Self> {
-        Arc::new(Self { used: AtomicU64::new(0), max })
+        Arc::new(Self {
+            used: AtomicU64::new(0),
+            max,
+        })
     }
 
     /// Bytes in use.
@@ -100,9 +106,15 @@ impl SpoolBudget {
         loop {
             let next = cur.saturating_add(n);
             if next > self.max {
-                return Err(SpoolError::Full { used: cur, max: self.max });
+                return Err(SpoolError::Full {
+                    used: cur,
+                    max: self.max,
+                });
             }
-            match self.used.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+            match self
+                .used
+                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => return Ok(()),
                 Err(actual) => cur = actual,
             }
@@ -117,7 +129,9 @@ impl SpoolBudget {
     fn give_back(&self, n: u64) {
         let _ = self
             .used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| Some(cur.saturating_sub(n)));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                Some(cur.saturating_sub(n))
+            });
     }
 }
 
@@ -229,7 +243,9 @@ impl Spool {
         budget: Arc<SpoolBudget>,
         rotate_bytes: u64,
     ) -> Result<Arc<Spool>, SpoolError> {
-        tokio::fs::create_dir_all(&dir).await.map_err(io_err(&dir))?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(io_err(&dir))?;
         let mut files = Vec::new();
         let mut entries = tokio::fs::read_dir(&dir).await.map_err(io_err(&dir))?;
         while let Some(entry) = entries.next_entry().await.map_err(io_err(&dir))? {
@@ -243,7 +259,9 @@ impl Spool {
                 .and_then(|s| s.parse::<u64>().ok());
             match id {
                 Some(id) => files.push((id, path)),
-                None => tracing::warn!(path = %path.display(), "ignoring a file with a foreign name in the spool"),
+                None => {
+                    tracing::warn!(path = %path.display(), "ignoring a file with a foreign name in the spool")
+                }
             }
         }
         files.sort_unstable_by_key(|(id, _)| *id);
@@ -281,14 +299,21 @@ impl Spool {
             tracing::warn!(path = %path.display(), "deleting a snapshot whose transfer was interrupted");
             remove_file(&path).await?;
             state.segments.pop_back();
-            state.force_full_sync = Some("the previous snapshot transfer was interrupted".to_owned());
+            state.force_full_sync =
+                Some("the previous snapshot transfer was interrupted".to_owned());
         }
         state.next_id = files.last().map_or(1, |(id, _)| id + 1);
         for seg in &state.segments {
             budget.force_take(seg.len + HEADER_LEN);
         }
         let (changes, _) = watch::channel(0);
-        Ok(Arc::new(Spool { dir, budget, rotate_bytes: rotate_bytes.max(1), state: Mutex::new(state), changes }))
+        Ok(Arc::new(Spool {
+            dir,
+            budget,
+            rotate_bytes: rotate_bytes.max(1),
+            state: Mutex::new(state),
+            changes,
+        }))
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -319,7 +344,10 @@ impl Spool {
         st.segments
             .back()
             .filter(|s| !s.is_snapshot())
-            .map(|s| SpoolEnd { replid: s.replid.clone(), offset: s.end_offset() })
+            .map(|s| SpoolEnd {
+                replid: s.replid.clone(),
+                offset: s.end_offset(),
+            })
     }
 
     /// Why the next sync must be a full one, when it must.
@@ -338,7 +366,10 @@ impl Spool {
 
     /// Whether the oldest segment is a snapshot: then the spool alone is a full copy.
     pub fn starts_with_snapshot(&self) -> bool {
-        self.state().segments.front().is_some_and(SegmentMeta::is_snapshot)
+        self.state()
+            .segments
+            .front()
+            .is_some_and(SegmentMeta::is_snapshot)
     }
 
     /// Whether the spool holds nothing.
@@ -364,7 +395,10 @@ impl Spool {
     /// How much of segment `id` a reader can read now.
     pub fn segment_state(&self, id: u64) -> SegmentState {
         match self.state().segments.iter().find(|s| s.id == id) {
-            Some(s) => SegmentState::Present { len: s.len, sealed: s.sealed },
+            Some(s) => SegmentState::Present {
+                len: s.len,
+                sealed: s.sealed,
+            },
             None => SegmentState::Gone,
         }
     }
@@ -375,25 +409,50 @@ impl Spool {
     /// covering the offset (the newest, because an offset that ends one segment also starts
     /// the next one, and reading on from the next one skips nothing). A snapshot position
     /// names the snapshot by its replid and offset.
-    pub fn locate(&self, replid: &str, offset: u64, in_snapshot: bool, records: u64) -> Option<ReadStart> {
+    pub fn locate(
+        &self,
+        replid: &str,
+        offset: u64,
+        in_snapshot: bool,
+        records: u64,
+    ) -> Option<ReadStart> {
         let st = self.state();
         if in_snapshot {
             return st
                 .segments
                 .iter()
                 .find(|s| s.is_snapshot() && s.replid == replid && s.offset == offset)
-                .map(|s| ReadStart { segment: s.id, byte: 0, skip_records: records });
+                .map(|s| ReadStart {
+                    segment: s.id,
+                    byte: 0,
+                    skip_records: records,
+                });
         }
         st.segments
             .iter()
             .rev()
-            .find(|s| !s.is_snapshot() && s.replid == replid && s.offset <= offset && offset <= s.end_offset())
-            .map(|s| ReadStart { segment: s.id, byte: offset - s.offset, skip_records: 0 })
+            .find(|s| {
+                !s.is_snapshot()
+                    && s.replid == replid
+                    && s.offset <= offset
+                    && offset <= s.end_offset()
+            })
+            .map(|s| ReadStart {
+                segment: s.id,
+                byte: offset - s.offset,
+                skip_records: 0,
+            })
     }
 
     /// Deletes every segment that lies entirely before the given position. A position the
     /// spool does not hold trims nothing.
-    pub async fn trim(&self, replid: &str, offset: u64, in_snapshot: bool, records: u64) -> Result<u64, SpoolError> {
+    pub async fn trim(
+        &self,
+        replid: &str,
+        offset: u64,
+        in_snapshot: bool,
+        records: u64,
+    ) -> Result<u64, SpoolError> {
         let Some(start) = self.locate(replid, offset, in_snapshot, records) else {
             return Ok(0);
         };
@@ -438,26 +497,52 @@ impl Spool {
 
     /// Bytes on disk in this spool.
     pub fn bytes(&self) -> u64 {
-        self.state().segments.iter().map(|s| s.len + HEADER_LEN).sum()
+        self.state()
+            .segments
+            .iter()
+            .map(|s| s.len + HEADER_LEN)
+            .sum()
     }
 
     /// The writer side, for the one link that fills this spool. Abandons a snapshot left
     /// unfinished by an earlier writer (see [`State::force_full_sync`]).
     pub async fn writer(self: &Arc<Self>) -> Result<SpoolWriter, SpoolError> {
         let last = self.state().segments.back().cloned();
-        let mut w = SpoolWriter { spool: self.clone(), current: None };
+        let mut w = SpoolWriter {
+            spool: self.clone(),
+            current: None,
+        };
         match last {
             Some(seg) if seg.is_snapshot() && !seg.sealed => {
                 w.abandon_snapshot_segment(seg.id).await?;
             }
+            Some(seg) if seg.is_snapshot() => {
+                // Ingest stopped between finishing a snapshot and starting its stream.
+                w.new_segment(SegmentKind::Stream, &seg.replid, seg.offset)
+                    .await?;
+            }
             Some(seg) if !seg.is_snapshot() => {
                 let path = segment_path(&self.dir, seg.id);
-                let mut file = tokio::fs::OpenOptions::new().write(true).open(&path).await.map_err(io_err(&path))?;
-                file.seek(SeekFrom::Start(HEADER_LEN + seg.len)).await.map_err(io_err(&path))?;
+                let mut file = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .await
+                    .map_err(io_err(&path))?;
+                file.seek(SeekFrom::Start(HEADER_LEN + seg.len))
+                    .await
+                    .map_err(io_err(&path))?;
                 // Bytes beyond what we counted (a write cut short) are dropped: the source
                 // resends everything after our end.
-                file.set_len(HEADER_LEN + seg.len).await.map_err(io_err(&path))?;
-                w.current = Some(Current { id: seg.id, file, path, snapshot: false, unsynced: false });
+                file.set_len(HEADER_LEN + seg.len)
+                    .await
+                    .map_err(io_err(&path))?;
+                w.current = Some(Current {
+                    id: seg.id,
+                    file,
+                    path,
+                    snapshot: false,
+                    unsynced: false,
+                });
             }
             _ => {}
         }
@@ -468,7 +553,11 @@ impl Spool {
     pub async fn open_segment(&self, id: u64) -> Result<SegmentReader, SpoolError> {
         let path = segment_path(&self.dir, id);
         let file = File::open(&path).await.map_err(io_err(&path))?;
-        Ok(SegmentReader { file, path, pos: None })
+        Ok(SegmentReader {
+            file,
+            path,
+            pos: None,
+        })
     }
 }
 
@@ -482,10 +571,34 @@ pub struct SegmentReader {
 }
 
 impl SegmentReader {
+    /// Payload bytes in the file now; for a deleted segment, all it will ever have.
+    pub async fn payload_len(&self) -> Result<u64, SpoolError> {
+        let meta = self.file.metadata().await.map_err(io_err(&self.path))?;
+        Ok(meta.len().saturating_sub(HEADER_LEN))
+    }
+
+    /// Whether the header says this is a snapshot whose transfer finished.
+    pub async fn is_complete_snapshot(&mut self) -> Result<bool, SpoolError> {
+        let mut h = [0u8; COMPLETE_AT as usize + 1];
+        self.file
+            .seek(SeekFrom::Start(0))
+            .await
+            .map_err(io_err(&self.path))?;
+        self.file
+            .read_exact(&mut h)
+            .await
+            .map_err(io_err(&self.path))?;
+        self.pos = None;
+        Ok(h[8] == KIND_SNAPSHOT && h[COMPLETE_AT as usize] == 1)
+    }
+
     /// Reads up to `buf.len()` payload bytes at payload offset `at`.
     pub async fn read_at(&mut self, at: u64, buf: &mut [u8]) -> Result<usize, SpoolError> {
         if self.pos != Some(at) {
-            self.file.seek(SeekFrom::Start(HEADER_LEN + at)).await.map_err(io_err(&self.path))?;
+            self.file
+                .seek(SeekFrom::Start(HEADER_LEN + at))
+                .await
+                .map_err(io_err(&self.path))?;
         }
         let n = self.file.read(buf).await.map_err(io_err(&self.path))?;
         self.pos = Some(at + n as u64);
@@ -516,14 +629,20 @@ impl SpoolWriter {
     }
 
     /// Starts a snapshot segment for a full resync at `(replid, offset)`.
-    pub async fn begin_snapshot(&mut self, replid: &str, offset: u64, info: SnapshotInfo) -> Result<(), SpoolError> {
+    pub async fn begin_snapshot(
+        &mut self,
+        replid: &str,
+        offset: u64,
+        info: SnapshotInfo,
+    ) -> Result<(), SpoolError> {
         if let Some(cur) = &self.current
             && cur.snapshot
         {
             let id = cur.id;
             self.abandon_snapshot_segment(id).await?;
         }
-        self.new_segment(SegmentKind::Snapshot(info), replid, offset).await?;
+        self.new_segment(SegmentKind::Snapshot(info), replid, offset)
+            .await?;
         self.spool.state().force_full_sync = None;
         Ok(())
     }
@@ -531,7 +650,9 @@ impl SpoolWriter {
     /// Starts a stream segment whose first byte is at `offset + 1` of `replid`.
     pub async fn begin_stream(&mut self, replid: &str, offset: u64) -> Result<(), SpoolError> {
         if self.current.as_ref().is_some_and(|c| c.snapshot) {
-            return Err(SpoolError::Misuse("a stream segment cannot start during a snapshot"));
+            return Err(SpoolError::Misuse(
+                "a stream segment cannot start during a snapshot",
+            ));
         }
         self.new_segment(SegmentKind::Stream, replid, offset).await
     }
@@ -597,20 +718,24 @@ impl SpoolWriter {
         }
         cur.file.flush().await.map_err(io_err(&cur.path))?;
         cur.file.sync_data().await.map_err(io_err(&cur.path))?;
-        cur.file.seek(SeekFrom::Start(COMPLETE_AT)).await.map_err(io_err(&cur.path))?;
+        cur.file
+            .seek(SeekFrom::Start(COMPLETE_AT))
+            .await
+            .map_err(io_err(&cur.path))?;
         cur.file.write_all(&[1]).await.map_err(io_err(&cur.path))?;
         cur.file.flush().await.map_err(io_err(&cur.path))?;
         cur.file.sync_data().await.map_err(io_err(&cur.path))?;
         let id = cur.id;
         let (replid, offset) = {
-            let mut st = self.spool.state();
-            let Some(seg) = st.segments.iter_mut().find(|s| s.id == id) else {
+            let st = self.spool.state();
+            let Some(seg) = st.segments.iter().find(|s| s.id == id) else {
                 return Err(SpoolError::Misuse("the snapshot segment vanished"));
             };
-            seg.sealed = true;
             (seg.replid.clone(), seg.offset)
         };
         self.current = None;
+        // `new_segment` seals the snapshot in the same step as it adds the stream segment,
+        // so whoever sees the snapshot finished also finds where its stream starts.
         self.new_segment(SegmentKind::Stream, &replid, offset).await
     }
 
@@ -651,12 +776,20 @@ impl SpoolWriter {
             cur.unsynced = false;
         }
         Ok(match &self.current {
-            Some(cur) if !cur.snapshot => self.spool.segment(cur.id).map(|s| SpoolEnd { offset: s.end_offset(), replid: s.replid }),
+            Some(cur) if !cur.snapshot => self.spool.segment(cur.id).map(|s| SpoolEnd {
+                offset: s.end_offset(),
+                replid: s.replid,
+            }),
             _ => None,
         })
     }
 
-    async fn new_segment(&mut self, kind: SegmentKind, replid: &str, offset: u64) -> Result<(), SpoolError> {
+    async fn new_segment(
+        &mut self,
+        kind: SegmentKind,
+        replid: &str,
+        offset: u64,
+    ) -> Result<(), SpoolError> {
         // The previous segment is finished: make it durable before anything depends on it.
         if let Some(mut cur) = self.current.take()
             && cur.unsynced
@@ -696,14 +829,27 @@ impl SpoolWriter {
         let snapshot = matches!(kind, SegmentKind::Snapshot(_));
         {
             let mut st = self.spool.state();
+            // Only the newest segment is ever written: everything before it is final.
+            // (An unfinished snapshot was abandoned before a new segment starts.)
             for seg in st.segments.iter_mut() {
-                if !seg.is_snapshot() {
-                    seg.sealed = true;
-                }
+                seg.sealed = true;
             }
-            st.segments.push_back(SegmentMeta { id, kind, replid: replid.to_owned(), offset, len: 0, sealed: false });
+            st.segments.push_back(SegmentMeta {
+                id,
+                kind,
+                replid: replid.to_owned(),
+                offset,
+                len: 0,
+                sealed: false,
+            });
         }
-        self.current = Some(Current { id, file, path, snapshot, unsynced: false });
+        self.current = Some(Current {
+            id,
+            file,
+            path,
+            snapshot,
+            unsynced: false,
+        });
         self.spool.changed();
         Ok(())
     }
@@ -717,7 +863,10 @@ async fn remove_file(path: &Path) -> Result<(), SpoolError> {
     match tokio::fs::remove_file(path).await {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(SpoolError::Io { path: path.to_path_buf(), source: e }),
+        Err(e) => Err(SpoolError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
     }
 }
 
@@ -772,13 +921,21 @@ enum HeaderError {
 }
 
 async fn read_segment(id: u64, path: &Path) -> Result<SegmentMeta, HeaderError> {
-    let mut file = File::open(path).await.map_err(|e| HeaderError::Io(path.to_path_buf(), e))?;
-    let file_len = file.metadata().await.map_err(|e| HeaderError::Io(path.to_path_buf(), e))?.len();
+    let mut file = File::open(path)
+        .await
+        .map_err(|e| HeaderError::Io(path.to_path_buf(), e))?;
+    let file_len = file
+        .metadata()
+        .await
+        .map_err(|e| HeaderError::Io(path.to_path_buf(), e))?
+        .len();
     if file_len < HEADER_LEN {
         return Err(HeaderError::Bad(path.to_path_buf()));
     }
     let mut h = vec![0u8; HEADER_LEN as usize];
-    file.read_exact(&mut h).await.map_err(|e| HeaderError::Io(path.to_path_buf(), e))?;
+    file.read_exact(&mut h)
+        .await
+        .map_err(|e| HeaderError::Io(path.to_path_buf(), e))?;
     decode_header(id, &h, file_len - HEADER_LEN).ok_or_else(|| HeaderError::Bad(path.to_path_buf()))
 }
 
@@ -786,7 +943,9 @@ fn decode_header(id: u64, h: &[u8], len: u64) -> Option<SegmentMeta> {
     if h.get(..8)? != MAGIC {
         return None;
     }
-    let u64_at = |at: usize| -> Option<u64> { Some(u64::from_le_bytes(h.get(at..at + 8)?.try_into().ok()?)) };
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(h.get(at..at + 8)?.try_into().ok()?))
+    };
     let replid_raw = h.get(12..52)?;
     let rlen = replid_raw.iter().position(|&b| b == 0).unwrap_or(40);
     let replid = std::str::from_utf8(&replid_raw[..rlen]).ok()?.to_owned();
@@ -795,13 +954,25 @@ fn decode_header(id: u64, h: &[u8], len: u64) -> Option<SegmentMeta> {
         KIND_STREAM => (SegmentKind::Stream, false),
         KIND_SNAPSHOT => {
             let reason_len = u16::from_le_bytes(h.get(76..78)?.try_into().ok()?) as usize;
-            let reason = String::from_utf8_lossy(h.get(78..78 + reason_len.min(MAX_REASON))?).into_owned();
-            let info = SnapshotInfo { expected_bytes: u64_at(60)?, estimated_keys: u64_at(68)?, reason };
+            let reason =
+                String::from_utf8_lossy(h.get(78..78 + reason_len.min(MAX_REASON))?).into_owned();
+            let info = SnapshotInfo {
+                expected_bytes: u64_at(60)?,
+                estimated_keys: u64_at(68)?,
+                reason,
+            };
             (SegmentKind::Snapshot(info), h[COMPLETE_AT as usize] == 1)
         }
         _ => return None,
     };
-    Some(SegmentMeta { id, kind, replid, offset, len, sealed })
+    Some(SegmentMeta {
+        id,
+        kind,
+        replid,
+        offset,
+        len,
+        sealed,
+    })
 }
 
 #[cfg(test)]
@@ -825,14 +996,20 @@ mod tests {
     }
 
     fn info(reason: &str) -> SnapshotInfo {
-        SnapshotInfo { expected_bytes: 5, estimated_keys: 3, reason: reason.into() }
+        SnapshotInfo {
+            expected_bytes: 5,
+            estimated_keys: 3,
+            reason: reason.into(),
+        }
     }
 
     #[tokio::test]
     async fn write_reopen_locate_trim() {
         let dir = tempfile::tempdir().unwrap();
         let budget = SpoolBudget::new(1 << 20);
-        let spool = Spool::open(dir.path().join("s"), budget.clone(), 10).await.unwrap();
+        let spool = Spool::open(dir.path().join("s"), budget.clone(), 10)
+            .await
+            .unwrap();
         let mut w = spool.writer().await.unwrap();
         w.begin_snapshot(R1, 100, info("first sync")).await.unwrap();
         w.append(b"RDB..").await.unwrap();
@@ -843,12 +1020,32 @@ mod tests {
         w.append(b"abc").await.unwrap();
         w.begin_stream(R2, 113).await.unwrap();
         w.append(b"xy").await.unwrap();
-        assert_eq!(spool.end(), Some(SpoolEnd { replid: R2.into(), offset: 115 }));
-        assert_eq!(w.sync().await.unwrap(), Some(SpoolEnd { replid: R2.into(), offset: 115 }));
+        assert_eq!(
+            spool.end(),
+            Some(SpoolEnd {
+                replid: R2.into(),
+                offset: 115
+            })
+        );
+        assert_eq!(
+            w.sync().await.unwrap(),
+            Some(SpoolEnd {
+                replid: R2.into(),
+                offset: 115
+            })
+        );
         drop(w);
 
-        let reopened = Spool::open(dir.path().join("s"), SpoolBudget::new(1 << 20), 10).await.unwrap();
-        assert_eq!(reopened.end(), Some(SpoolEnd { replid: R2.into(), offset: 115 }));
+        let reopened = Spool::open(dir.path().join("s"), SpoolBudget::new(1 << 20), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            reopened.end(),
+            Some(SpoolEnd {
+                replid: R2.into(),
+                offset: 115
+            })
+        );
         let segs: Vec<_> = (0..6).filter_map(|i| reopened.segment(i)).collect();
         assert_eq!(segs.len(), 4);
         assert_eq!(segs[0].kind, SegmentKind::Snapshot(info("first sync")));
@@ -858,11 +1055,35 @@ mod tests {
         assert_eq!((segs[2].offset, segs[2].len), (110, 3));
         assert!(segs[2].sealed && !segs[3].sealed);
 
-        assert_eq!(reopened.locate(R1, 100, true, 7), Some(ReadStart { segment: segs[0].id, byte: 0, skip_records: 7 }));
-        assert_eq!(reopened.locate(R1, 100, false, 0).map(|s| s.segment), Some(segs[1].id));
+        assert_eq!(
+            reopened.locate(R1, 100, true, 7),
+            Some(ReadStart {
+                segment: segs[0].id,
+                byte: 0,
+                skip_records: 7
+            })
+        );
+        assert_eq!(
+            reopened.locate(R1, 100, false, 0).map(|s| s.segment),
+            Some(segs[1].id)
+        );
         // 110 ends segment 1 and starts segment 2: the later one is chosen.
-        assert_eq!(reopened.locate(R1, 110, false, 0), Some(ReadStart { segment: segs[2].id, byte: 0, skip_records: 0 }));
-        assert_eq!(reopened.locate(R2, 114, false, 0), Some(ReadStart { segment: segs[3].id, byte: 1, skip_records: 0 }));
+        assert_eq!(
+            reopened.locate(R1, 110, false, 0),
+            Some(ReadStart {
+                segment: segs[2].id,
+                byte: 0,
+                skip_records: 0
+            })
+        );
+        assert_eq!(
+            reopened.locate(R2, 114, false, 0),
+            Some(ReadStart {
+                segment: segs[3].id,
+                byte: 1,
+                skip_records: 0
+            })
+        );
         assert_eq!(reopened.locate(R2, 116, false, 0), None);
         assert_eq!(reopened.locate(R1, 99, false, 0), None);
 
@@ -882,14 +1103,18 @@ mod tests {
     #[tokio::test]
     async fn interrupted_snapshot_forces_full_sync() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path().to_path_buf(), SpoolBudget::new(1 << 20), 1 << 20).await.unwrap();
+        let spool = Spool::open(dir.path().to_path_buf(), SpoolBudget::new(1 << 20), 1 << 20)
+            .await
+            .unwrap();
         let mut w = spool.writer().await.unwrap();
         w.begin_stream(R1, 0).await.unwrap();
         w.append(b"abc").await.unwrap();
         w.begin_snapshot(R1, 50, info("x")).await.unwrap();
         w.append(b"partial").await.unwrap();
         drop(w);
-        let reopened = Spool::open(dir.path().to_path_buf(), SpoolBudget::new(1 << 20), 1 << 20).await.unwrap();
+        let reopened = Spool::open(dir.path().to_path_buf(), SpoolBudget::new(1 << 20), 1 << 20)
+            .await
+            .unwrap();
         assert_eq!(reopened.end(), None);
         assert!(reopened.forced_full_sync().is_some());
         assert_eq!(reopened.locate(R1, 3, false, 0).map(|s| s.byte), Some(3));
@@ -902,7 +1127,9 @@ mod tests {
     async fn cap_is_enforced_and_released_by_trim() {
         let dir = tempfile::tempdir().unwrap();
         let budget = SpoolBudget::new(2 * HEADER_LEN + 20);
-        let spool = Spool::open(dir.path().to_path_buf(), budget.clone(), 1 << 20).await.unwrap();
+        let spool = Spool::open(dir.path().to_path_buf(), budget.clone(), 1 << 20)
+            .await
+            .unwrap();
         let mut w = spool.writer().await.unwrap();
         w.begin_stream(R1, 0).await.unwrap();
         w.append(&[b'a'; 16]).await.unwrap();
@@ -920,7 +1147,9 @@ mod tests {
     async fn garbage_files_start_the_spool_over() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("0000000000000001.seg"), b"nonsense").unwrap();
-        let spool = Spool::open(dir.path().to_path_buf(), SpoolBudget::new(1 << 20), 1 << 20).await.unwrap();
+        let spool = Spool::open(dir.path().to_path_buf(), SpoolBudget::new(1 << 20), 1 << 20)
+            .await
+            .unwrap();
         assert!(spool.is_empty());
         assert!(!dir.path().join("0000000000000001.seg").exists());
     }

@@ -33,7 +33,9 @@ impl ScriptCache {
         self.by_sha.insert(sha.clone(), body);
         self.order.push_back(sha.clone());
         while self.bytes > MAX_BYTES {
-            let Some(old) = self.order.pop_front() else { break };
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
             if let Some(b) = self.by_sha.remove(&old) {
                 self.bytes -= b.len();
             }
@@ -55,7 +57,10 @@ mod tests {
     #[test]
     fn sha1_matches_redis() {
         // `SCRIPT LOAD "return 1"` answers this.
-        assert_eq!(sha1_hex(b"return 1"), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
+        assert_eq!(
+            sha1_hex(b"return 1"),
+            "e0e1f9fabfc9d4800c877a703b823ac0578ff8db"
+        );
         let mut c = ScriptCache::default();
         c.remember(Bytes::from_static(b"return 1"));
         assert!(c.get(b"E0E1F9FABFC9D4800C877A703B823AC0578FF8DB").is_some());

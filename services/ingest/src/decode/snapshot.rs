@@ -6,9 +6,9 @@
 //! snapshot is read, and a restart resumes exactly there.
 
 use redis_sync_proto::v1::{
-    self as pb, BytesList, ChangeEvent, FunctionLibrary, HashFields, Position, Script, SnapshotBegin,
-    SnapshotEnd, StreamChunk, ValueChunk, ValueType, ZSetMembers, change_event::Kind, key_record,
-    value_chunk::Items,
+    self as pb, BytesList, ChangeEvent, FunctionLibrary, HashFields, Position, Script,
+    SnapshotBegin, SnapshotEnd, StreamChunk, ValueChunk, ValueType, ZSetMembers,
+    change_event::Kind, key_record, value_chunk::Items,
 };
 use redis_sync_rdb::{Item, ParserOptions, RdbError, RdbParser, Value};
 
@@ -62,6 +62,8 @@ pub struct SnapshotDecoder {
     /// For the chunked key in progress: whether its chunks are being dropped as expired.
     chunk_expired: Option<bool>,
     ended: bool,
+    /// The transfer finished: every byte of the snapshot has been fed.
+    input_complete: bool,
     now_ms: fn() -> i64,
 }
 
@@ -74,8 +76,18 @@ pub fn unix_ms() -> i64 {
 
 impl SnapshotDecoder {
     /// A decoder for snapshot `(replid, offset)` that skips the first `skip` records.
-    pub fn new(replid: String, offset: u64, info: SnapshotInfo, chunk_threshold_bytes: u64, skip: u64, emit_begin: bool) -> Self {
-        let opts = ParserOptions { chunk_threshold_bytes, ..ParserOptions::default() };
+    pub fn new(
+        replid: String,
+        offset: u64,
+        info: SnapshotInfo,
+        chunk_threshold_bytes: u64,
+        skip: u64,
+        emit_begin: bool,
+    ) -> Self {
+        let opts = ParserOptions {
+            chunk_threshold_bytes,
+            ..ParserOptions::default()
+        };
         SnapshotDecoder {
             replid,
             offset,
@@ -91,6 +103,7 @@ impl SnapshotDecoder {
             expired: 0,
             chunk_expired: None,
             ended: false,
+            input_complete: false,
             now_ms: unix_ms,
         }
     }
@@ -106,14 +119,16 @@ impl SnapshotDecoder {
         self.parser.feed(bytes);
     }
 
+    /// Declares that every byte was fed (the transfer finished). Until then the end of the
+    /// RDB is held back: SnapshotEnd promises that the stream continues from here, which
+    /// is true only once the link has finished the transfer.
+    pub fn input_complete(&mut self) {
+        self.input_complete = true;
+    }
+
     /// Whether the RDB's end was decoded (SnapshotEnd was returned).
     pub fn is_ended(&self) -> bool {
         self.ended
-    }
-
-    /// Keys skipped as expired so far.
-    pub fn expired_skipped(&self) -> u64 {
-        self.expired
     }
 
     /// Call when every byte of a finished transfer was fed and `next_event` returned
@@ -123,13 +138,23 @@ impl SnapshotDecoder {
     }
 
     fn err(&self, source: RdbError) -> SnapshotError {
-        SnapshotError::Rdb { replid: self.replid.clone(), offset: self.offset, source }
+        SnapshotError::Rdb {
+            replid: self.replid.clone(),
+            offset: self.offset,
+            source,
+        }
     }
 
     /// Where a subscriber resumes from after what was decoded so far.
     pub fn resume_position(&self) -> Position {
         if self.ended {
-            Position { replid: self.replid.clone(), offset: self.offset, db: 0, in_snapshot: false, snapshot_records: 0 }
+            Position {
+                replid: self.replid.clone(),
+                offset: self.offset,
+                db: 0,
+                in_snapshot: false,
+                snapshot_records: 0,
+            }
         } else {
             self.snapshot_position()
         }
@@ -146,11 +171,17 @@ impl SnapshotDecoder {
     }
 
     fn event(&self, kind: Kind) -> ChangeEvent {
-        ChangeEvent { position: Some(self.snapshot_position()), kind: Some(kind) }
+        ChangeEvent {
+            position: Some(self.snapshot_position()),
+            kind: Some(kind),
+        }
     }
 
     /// The next event, or `None` when more bytes are needed (or the snapshot ended).
-    pub fn next_event(&mut self, scripts: &mut ScriptCache) -> Result<Option<ChangeEvent>, SnapshotError> {
+    pub fn next_event(
+        &mut self,
+        scripts: &mut ScriptCache,
+    ) -> Result<Option<ChangeEvent>, SnapshotError> {
         loop {
             if self.ended {
                 return Ok(None);
@@ -179,7 +210,12 @@ impl SnapshotDecoder {
                             replid: self.replid.clone(),
                             offset: self.offset,
                             rdb_version: self.header.0,
-                            source_version: self.parser.aux().server_version().map(|(_, v)| v.to_owned()).unwrap_or_default(),
+                            source_version: self
+                                .parser
+                                .aux()
+                                .server_version()
+                                .map(|(_, v)| v.to_owned())
+                                .unwrap_or_default(),
                             estimated_keys: self.info.estimated_keys,
                             estimated_bytes: self.info.expected_bytes,
                             valkey: self.header.1,
@@ -193,13 +229,18 @@ impl SnapshotDecoder {
                     }
                     continue;
                 }
-                Item::SelectDb(_) | Item::ResizeDb { .. } | Item::SlotInfo { .. } | Item::ModuleAux { .. } => continue,
+                Item::SelectDb(_)
+                | Item::ResizeDb { .. }
+                | Item::SlotInfo { .. }
+                | Item::ModuleAux { .. } => continue,
                 Item::Function { code } => {
                     self.records += 1;
                     if self.records <= self.skip {
                         continue;
                     }
-                    return Ok(Some(self.event(Kind::Function(FunctionLibrary { code: code.to_vec() }))));
+                    return Ok(Some(self.event(Kind::Function(FunctionLibrary {
+                        code: code.to_vec(),
+                    }))));
                 }
                 Item::Key(rec) => {
                     self.records += 1;
@@ -264,6 +305,10 @@ impl SnapshotDecoder {
                     };
                     return Ok(Some(self.event(Kind::Key(key))));
                 }
+                end @ Item::End { .. } if !self.input_complete => {
+                    self.pending = Some(end);
+                    return Ok(None);
+                }
                 Item::End { .. } => {
                     self.ended = true;
                     let scripts_out: Vec<Script> = self
@@ -272,7 +317,10 @@ impl SnapshotDecoder {
                         .lua_scripts()
                         .map(|body| {
                             scripts.remember(body.clone());
-                            Script { sha1: sha1_hex(body), body: body.to_vec() }
+                            Script {
+                                sha1: sha1_hex(body),
+                                body: body.to_vec(),
+                            }
                         })
                         .collect();
                     let end = SnapshotEnd {
@@ -281,7 +329,10 @@ impl SnapshotDecoder {
                         bytes: self.parser.offset(),
                         scripts: scripts_out,
                     };
-                    return Ok(Some(ChangeEvent { position: Some(self.resume_position()), kind: Some(Kind::SnapshotEnd(end)) }));
+                    return Ok(Some(ChangeEvent {
+                        position: Some(self.resume_position()),
+                        kind: Some(Kind::SnapshotEnd(end)),
+                    }));
                 }
             }
         }
@@ -306,21 +357,38 @@ fn value_type(v: &Value) -> (ValueType, String) {
 }
 
 fn stream_id(id: redis_sync_rdb::StreamId) -> pb::StreamId {
-    pb::StreamId { ms: id.ms, seq: id.seq }
+    pb::StreamId {
+        ms: id.ms,
+        seq: id.seq,
+    }
 }
 
 fn chunk_items(part: Value) -> Option<Items> {
     Some(match part {
         Value::String(s) => Items::StringPart(s.to_vec()),
-        Value::List(v) => Items::ListItems(BytesList { items: v.into_iter().map(|b| b.to_vec()).collect() }),
-        Value::Set(v) => Items::SetMembers(BytesList { items: v.into_iter().map(|b| b.to_vec()).collect() }),
+        Value::List(v) => Items::ListItems(BytesList {
+            items: v.into_iter().map(|b| b.to_vec()).collect(),
+        }),
+        Value::Set(v) => Items::SetMembers(BytesList {
+            items: v.into_iter().map(|b| b.to_vec()).collect(),
+        }),
         Value::ZSet(v) => Items::ZsetMembers(ZSetMembers {
-            members: v.into_iter().map(|(m, score)| pb::ZSetMember { member: m.to_vec(), score }).collect(),
+            members: v
+                .into_iter()
+                .map(|(m, score)| pb::ZSetMember {
+                    member: m.to_vec(),
+                    score,
+                })
+                .collect(),
         }),
         Value::Hash(v) => Items::HashFields(HashFields {
             fields: v
                 .into_iter()
-                .map(|f| pb::HashField { field: f.field.to_vec(), value: f.value.to_vec(), expire_at_ms: f.expire_at_ms.unwrap_or(0) })
+                .map(|f| pb::HashField {
+                    field: f.field.to_vec(),
+                    value: f.value.to_vec(),
+                    expire_at_ms: f.expire_at_ms.unwrap_or(0),
+                })
                 .collect(),
         }),
         Value::Stream(s) => {
@@ -331,7 +399,11 @@ fn chunk_items(part: Value) -> Option<Items> {
                     .into_iter()
                     .map(|e| pb::StreamEntry {
                         id: Some(stream_id(e.id)),
-                        fields: e.fields.into_iter().flat_map(|(f, v)| [f.to_vec(), v.to_vec()]).collect(),
+                        fields: e
+                            .fields
+                            .into_iter()
+                            .flat_map(|(f, v)| [f.to_vec(), v.to_vec()])
+                            .collect(),
                     })
                     .collect(),
                 meta: s.meta.map(|m| pb::StreamMeta {
@@ -347,7 +419,9 @@ fn chunk_items(part: Value) -> Option<Items> {
                     .map(|g| pb::StreamGroup {
                         name: g.name.to_vec(),
                         last_id: Some(stream_id(g.last_id)),
-                        entries_read: g.entries_read.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+                        entries_read: g
+                            .entries_read
+                            .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
                         pending: g
                             .pending
                             .into_iter()
@@ -415,28 +489,48 @@ mod tests {
     }
 
     fn info() -> SnapshotInfo {
-        SnapshotInfo { expected_bytes: 0, estimated_keys: 3, reason: "first sync".into() }
+        SnapshotInfo {
+            expected_bytes: 0,
+            estimated_keys: 3,
+            reason: "first sync".into(),
+        }
     }
 
     #[test]
     fn decodes_keys_skips_expired_and_counts_records() {
         let bytes = rdb();
-        let mut d = SnapshotDecoder::new("r".into(), 42, info(), 1 << 20, 0, true).with_clock(|| 2_000_000_000_000);
+        let mut d = SnapshotDecoder::new("r".into(), 42, info(), 1 << 20, 0, true)
+            .with_clock(|| 2_000_000_000_000);
         for b in &bytes {
             d.feed(&[*b]);
         }
-        let events = run(&mut d);
+        let mut events = run(&mut d);
+        assert_eq!(events.len(), 3, "the end waits for the transfer to finish");
+        d.input_complete();
+        events.extend(run(&mut d));
         d.finish().unwrap();
         assert_eq!(events.len(), 4, "{events:?}");
-        let Some(Kind::SnapshotBegin(b)) = &events[0].kind else { panic!() };
-        assert_eq!((b.rdb_version, b.source_version.as_str(), b.estimated_keys), (9, "5.0.6", 3));
-        let Some(Kind::Key(k)) = &events[2].kind else { panic!() };
+        let Some(Kind::SnapshotBegin(b)) = &events[0].kind else {
+            panic!()
+        };
+        assert_eq!(
+            (b.rdb_version, b.source_version.as_str(), b.estimated_keys),
+            (9, "5.0.6", 3)
+        );
+        let Some(Kind::Key(k)) = &events[2].kind else {
+            panic!()
+        };
         assert_eq!(k.key, b"b");
         assert_eq!(k.value, Some(key_record::Value::DumpBody(vec![0, 1, b'2'])));
         assert_eq!(events[2].position.as_ref().unwrap().snapshot_records, 2);
-        let Some(Kind::SnapshotEnd(e)) = &events[3].kind else { panic!() };
+        let Some(Kind::SnapshotEnd(e)) = &events[3].kind else {
+            panic!()
+        };
         assert_eq!((e.keys, e.expired_keys_skipped), (2, 1));
-        assert_eq!(e.scripts[0].sha1, "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
+        assert_eq!(
+            e.scripts[0].sha1,
+            "e0e1f9fabfc9d4800c877a703b823ac0578ff8db"
+        );
         let end = events[3].position.as_ref().unwrap();
         assert!(!end.in_snapshot);
         assert_eq!(end.offset, 42);
@@ -444,11 +538,15 @@ mod tests {
 
     #[test]
     fn resumes_after_n_records_without_a_new_begin() {
-        let mut d = SnapshotDecoder::new("r".into(), 42, info(), 1 << 20, 1, false).with_clock(|| 0);
+        let mut d =
+            SnapshotDecoder::new("r".into(), 42, info(), 1 << 20, 1, false).with_clock(|| 0);
         d.feed(&rdb());
+        d.input_complete();
         let events = run(&mut d);
         assert_eq!(events.len(), 3, "{events:?}");
-        let Some(Kind::Key(k)) = &events[0].kind else { panic!() };
+        let Some(Kind::Key(k)) = &events[0].kind else {
+            panic!()
+        };
         assert_eq!(k.key, b"b");
     }
 

@@ -53,7 +53,9 @@ pub struct HeartbeatMatcher {
 impl HeartbeatMatcher {
     /// The matcher for `prefix` and `subscriber_id`.
     pub fn new(prefix: &str, subscriber_id: &str) -> Self {
-        HeartbeatMatcher { key: format!("{prefix}:{subscriber_id}").into_bytes() }
+        HeartbeatMatcher {
+            key: format!("{prefix}:{subscriber_id}").into_bytes(),
+        }
     }
 
     /// Whether `key` is ours: exactly `<prefix>:<id>`, or `<prefix>:<id>:{tag}` as written to
@@ -123,19 +125,9 @@ impl StreamDecoder {
         }
     }
 
-    /// Offset after the bytes fed so far (decoded or not).
-    pub fn fed_offset(&self) -> u64 {
-        self.offset + self.buf.len() as u64
-    }
-
     /// Appends stream bytes.
     pub fn feed(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
-    }
-
-    /// Bytes fed but not yet part of a complete frame.
-    pub fn buffered(&self) -> usize {
-        self.buf.len()
     }
 
     /// The position a subscriber may resume from: after everything decoded, except that a
@@ -148,17 +140,31 @@ impl StreamDecoder {
     }
 
     fn position_at(&self, offset: u64, db: u32) -> Position {
-        Position { replid: self.replid.clone(), offset, db, in_snapshot: false, snapshot_records: 0 }
+        Position {
+            replid: self.replid.clone(),
+            offset,
+            db,
+            in_snapshot: false,
+            snapshot_records: 0,
+        }
     }
 
     /// The next event, or `None` when more bytes are needed.
-    pub fn next_event(&mut self, scripts: &mut ScriptCache) -> Result<Option<ChangeEvent>, StreamError> {
+    pub fn next_event(
+        &mut self,
+        scripts: &mut ScriptCache,
+    ) -> Result<Option<ChangeEvent>, StreamError> {
         loop {
             let start = self.offset;
             let decoded = match self.resp.decode(&mut self.buf) {
                 Ok(Some(d)) => d,
                 Ok(None) => return Ok(None),
-                Err(source) => return Err(StreamError::Resp { offset: start, source }),
+                Err(source) => {
+                    return Err(StreamError::Resp {
+                        offset: start,
+                        source,
+                    });
+                }
             };
             self.offset += decoded.wire_len as u64;
             self.apply_switches();
@@ -178,14 +184,21 @@ impl StreamDecoder {
                     self.db = std::str::from_utf8(&arg)
                         .ok()
                         .and_then(|s| s.parse().ok())
-                        .ok_or_else(|| StreamError::BadSelect { offset: start, arg: String::from_utf8_lossy(&arg).into_owned() })?;
+                        .ok_or_else(|| StreamError::BadSelect {
+                            offset: start,
+                            arg: String::from_utf8_lossy(&arg).into_owned(),
+                        })?;
                     continue;
                 }
                 b"multi" => {
                     if self.txn.is_some() {
                         tracing::warn!(offset = start, "MULTI inside a transaction; ignoring it");
                     } else {
-                        self.txn = Some(OpenTransaction { start_offset: start, start_db: self.db, commands: Vec::new() });
+                        self.txn = Some(OpenTransaction {
+                            start_offset: start,
+                            start_db: self.db,
+                            commands: Vec::new(),
+                        });
                     }
                     continue;
                 }
@@ -196,7 +209,9 @@ impl StreamDecoder {
                     };
                     return Ok(Some(ChangeEvent {
                         position: Some(self.position_at(self.offset, self.db)),
-                        kind: Some(Kind::Transaction(Transaction { commands: txn.commands })),
+                        kind: Some(Kind::Transaction(Transaction {
+                            commands: txn.commands,
+                        })),
                     }));
                 }
                 _ => {}
@@ -207,17 +222,32 @@ impl StreamDecoder {
                 continue;
             }
             let kind = match self.heartbeat_ms(&lower, &command) {
-                Some(source_ms) => Kind::Heartbeat(Heartbeat { source_ms, command: Some(command) }),
+                Some(source_ms) => Kind::Heartbeat(Heartbeat {
+                    source_ms,
+                    command: Some(command),
+                }),
                 None => Kind::Command(command),
             };
-            return Ok(Some(ChangeEvent { position: Some(self.position_at(self.offset, self.db)), kind: Some(kind) }));
+            return Ok(Some(ChangeEvent {
+                position: Some(self.position_at(self.offset, self.db)),
+                kind: Some(kind),
+            }));
         }
     }
 
-    fn command(&self, name: Bytes, lower: &[u8], args: Vec<Bytes>, scripts: &mut ScriptCache) -> Command {
+    fn command(
+        &self,
+        name: Bytes,
+        lower: &[u8],
+        args: Vec<Bytes>,
+        scripts: &mut ScriptCache,
+    ) -> Command {
         let key_indexes = match redis_sync_command::lookup(&name) {
             Some(spec) => match redis_sync_command::key_indexes(spec, &args) {
-                Ok(ix) => ix.into_iter().filter_map(|i| u32::try_from(i).ok()).collect(),
+                Ok(ix) => ix
+                    .into_iter()
+                    .filter_map(|i| u32::try_from(i).ok())
+                    .collect(),
                 Err(e) => {
                     // The master ran it, so it is valid for the master; carry it without
                     // keys rather than stop the sync on our own misreading.
@@ -234,7 +264,11 @@ impl StreamDecoder {
                     scripts.remember(body.clone());
                 }
             }
-            b"script" if args.first().is_some_and(|a| a.eq_ignore_ascii_case(b"load")) => {
+            b"script"
+                if args
+                    .first()
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"load")) =>
+            {
                 if let Some(body) = args.get(1) {
                     scripts.remember(body.clone());
                 }
@@ -314,13 +348,23 @@ mod tests {
             }
         }
         assert_eq!(events.len(), 3);
-        let offsets: Vec<u64> = events.iter().map(|e| e.position.as_ref().unwrap().offset).collect();
-        assert_eq!(offsets, ends.iter().map(|&e| base + e as u64).collect::<Vec<_>>());
-        let Some(Kind::Transaction(t)) = &events[1].kind else { panic!("{:?}", events[1]) };
+        let offsets: Vec<u64> = events
+            .iter()
+            .map(|e| e.position.as_ref().unwrap().offset)
+            .collect();
+        assert_eq!(
+            offsets,
+            ends.iter().map(|&e| base + e as u64).collect::<Vec<_>>()
+        );
+        let Some(Kind::Transaction(t)) = &events[1].kind else {
+            panic!("{:?}", events[1])
+        };
         assert_eq!(t.commands.len(), 2);
         assert_eq!((t.commands[0].db, t.commands[1].db), (0, 3));
         assert_eq!(t.commands[1].key_indexes, vec![0]);
-        let Some(Kind::Command(c)) = &events[2].kind else { panic!() };
+        let Some(Kind::Command(c)) = &events[2].kind else {
+            panic!()
+        };
         assert_eq!(c.db, 3);
         assert_eq!(c.key_indexes, vec![0, 2]);
         assert_eq!(events[2].position.as_ref().unwrap().db, 3);
@@ -336,18 +380,38 @@ mod tests {
         assert!(!m.is_own(b"HB:task1:x"));
 
         let mut stream = Vec::new();
-        stream.extend(cmd(&[b"SET", b"HB:task1", b"1700000000123", b"PX", b"60000"]));
-        stream.extend(cmd(&[b"SET", b"HB:other", b"1700000000123", b"PX", b"60000"]));
+        stream.extend(cmd(&[
+            b"SET",
+            b"HB:task1",
+            b"1700000000123",
+            b"PX",
+            b"60000",
+        ]));
+        stream.extend(cmd(&[
+            b"SET",
+            b"HB:other",
+            b"1700000000123",
+            b"PX",
+            b"60000",
+        ]));
         stream.extend(cmd(&[b"EVAL", b"return 1", b"0"]));
-        stream.extend(cmd(&[b"EVALSHA", b"E0E1F9FABFC9D4800C877A703B823AC0578FF8DB", b"0"]));
+        stream.extend(cmd(&[
+            b"EVALSHA",
+            b"E0E1F9FABFC9D4800C877A703B823AC0578FF8DB",
+            b"0",
+        ]));
         let mut d = StreamDecoder::new("r".into(), 0, 0, Some(m));
         let mut s = ScriptCache::default();
         d.feed(&stream);
         let events = all(&mut d, &mut s);
-        let Some(Kind::Heartbeat(h)) = &events[0].kind else { panic!() };
+        let Some(Kind::Heartbeat(h)) = &events[0].kind else {
+            panic!()
+        };
         assert_eq!(h.source_ms, 1_700_000_000_123);
         assert!(matches!(events[1].kind, Some(Kind::Command(_))));
-        let Some(Kind::Command(c)) = &events[3].kind else { panic!() };
+        let Some(Kind::Command(c)) = &events[3].kind else {
+            panic!()
+        };
         assert_eq!(c.script_body, b"return 1");
     }
 

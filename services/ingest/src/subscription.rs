@@ -1,0 +1,779 @@
+//! Subscribers, their shards, links and active subscriptions.
+//!
+//! A subscriber (an apply task) owns one spool and one replica link per source shard. Its
+//! links outlive any one `Subscribe` call, so the source keeps a replica attached while the
+//! subscriber reconnects; they stop after [`IDLE_LIMIT`] without a subscription, or when
+//! ingest stops. A new `Subscribe` with the same subscriber id replaces the running one.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use redis_sync_proto::v1::{
+    AcknowledgeRequest, InstanceMode, Position, RedisEndpoint, SubscribeRequest, SubscribeResponse,
+};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tracing::Instrument;
+
+use crate::{
+    cluster::{self, ClusterMaster},
+    config::IngestConfig,
+    conn::{AuthError, Credentials, RedisConn},
+    decode::stream::HeartbeatMatcher,
+    heartbeat::{self, HeartbeatTarget},
+    link::{LinkConfig, LinkHandle, ResumeFrom},
+    metrics::ShardMetrics,
+    probe::{self, STANDALONE_SHARD},
+    reader::{self, ReaderConfig, StartAt},
+    spool::{Spool, SpoolBudget},
+    stop::StopSignal,
+};
+
+/// Links of a subscriber without a subscription stop after this long.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(3600);
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+const MAX_SUBSCRIBER_ID: usize = 128;
+
+/// The stream a Subscribe call returns.
+pub type EventStream = ReceiverStream<Result<SubscribeResponse, Status>>;
+
+/// All subscribers of this ingest.
+#[derive(Debug)]
+pub struct Registry {
+    config: IngestConfig,
+    metrics: redis_sync_telemetry::Metrics,
+    subscribers: Mutex<HashMap<String, Arc<Subscriber>>>,
+    halt: watch::Sender<bool>,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    id: String,
+    dir: PathBuf,
+    budget: Arc<SpoolBudget>,
+    state: tokio::sync::Mutex<SubscriberState>,
+}
+
+#[derive(Debug, Default)]
+struct SubscriberState {
+    shards: BTreeMap<String, Shard>,
+    active: Option<Active>,
+    idle_since: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Shard {
+    spool: Arc<Spool>,
+    metrics: ShardMetrics,
+    link: Option<(LinkHandle, LinkTarget)>,
+}
+
+/// Which master a link talks to, with which credentials: a change means a new link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LinkTarget {
+    addr: String,
+    credentials: Credentials,
+}
+
+#[derive(Debug)]
+struct Active {
+    /// Dropping or setting it stops the subscription's readers and heartbeats.
+    cancel: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    /// The subscriber's stream, without keeping it open: it closes when the readers end.
+    events: mpsc::WeakSender<Result<SubscribeResponse, Status>>,
+}
+
+impl Active {
+    /// Ends the subscription, telling its subscriber why when `reason` is given.
+    async fn stop_with(self, reason: Option<Status>) {
+        if let (Some(status), Some(tx)) = (reason, self.events.upgrade()) {
+            // Best effort: a subscriber that stopped reading will notice the closed stream.
+            let _ = tx.try_send(Err(status));
+        }
+        self.stop().await;
+    }
+
+    async fn stop(self) {
+        let _ = self.cancel.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        self.tasks.iter().all(JoinHandle::is_finished)
+    }
+}
+
+/// One shard of the source as discovered now.
+#[derive(Debug, Clone)]
+struct ShardTarget {
+    id: String,
+    addr: String,
+    /// Cluster only: slots owned, for the heartbeat's hash tag.
+    slots: Vec<cluster::SlotRange>,
+    cluster: bool,
+}
+
+fn invalid(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg.into())
+}
+
+/// Checks a subscriber id: it names a directory, so only a safe alphabet is allowed.
+fn validate_subscriber_id(id: &str) -> Result<(), Status> {
+    if id.is_empty() || id.len() > MAX_SUBSCRIBER_ID {
+        return Err(invalid(format!(
+            "subscriber_id must be 1 to {MAX_SUBSCRIBER_ID} characters"
+        )));
+    }
+    if id.starts_with('.')
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(invalid(format!(
+            "subscriber_id {id:?} may only hold letters, digits, '-', '_' and '.' (not leading)"
+        )));
+    }
+    Ok(())
+}
+
+fn credentials(source: &RedisEndpoint) -> Credentials {
+    Credentials {
+        username: source.username.clone(),
+        password: source.password.clone(),
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(config: IngestConfig, metrics: redis_sync_telemetry::Metrics) -> Arc<Self> {
+        let (halt, _) = watch::channel(false);
+        Arc::new(Registry {
+            config,
+            metrics,
+            subscribers: Mutex::default(),
+            halt,
+        })
+    }
+
+    fn halt_signal(&self, own: watch::Receiver<bool>) -> StopSignal {
+        StopSignal::new(own, self.halt.subscribe())
+    }
+
+    fn rotate_bytes(&self) -> u64 {
+        (self.config.spool_max_bytes / 16).clamp(1 << 20, 64 << 20)
+    }
+
+    fn subscriber(&self, id: &str) -> Arc<Subscriber> {
+        let mut subs = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        subs.entry(id.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Subscriber {
+                    id: id.to_owned(),
+                    dir: self.config.spool_dir.join(id),
+                    budget: SpoolBudget::new(self.config.spool_max_bytes),
+                    state: tokio::sync::Mutex::default(),
+                })
+            })
+            .clone()
+    }
+
+    async fn open_shard(&self, sub: &Subscriber, shard_id: &str) -> Result<Shard, Status> {
+        let dir = sub.dir.join(shard_id);
+        let spool = Spool::open(dir, sub.budget.clone(), self.rotate_bytes())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let metrics = ShardMetrics::new(&self.metrics, &sub.id, shard_id);
+        metrics
+            .spool_bytes
+            .set(i64::try_from(spool.bytes()).unwrap_or(i64::MAX));
+        Ok(Shard {
+            spool,
+            metrics,
+            link: None,
+        })
+    }
+
+    /// Starts (or takes over) the subscription `req` and returns its event stream.
+    pub async fn subscribe(self: &Arc<Self>, req: SubscribeRequest) -> Result<EventStream, Status> {
+        validate_subscriber_id(&req.subscriber_id)?;
+        let source = req
+            .source
+            .clone()
+            .ok_or_else(|| invalid("source is required"))?;
+        if source.address.is_empty() {
+            return Err(invalid("source.address is required"));
+        }
+        if source.tls.as_ref().is_some_and(|t| t.enabled) {
+            return Err(Status::unimplemented(
+                "TLS towards the source is not supported by this ingest",
+            ));
+        }
+        let mode = InstanceMode::try_from(source.mode).unwrap_or(InstanceMode::Unspecified);
+        if mode == InstanceMode::Unspecified {
+            return Err(invalid("source.mode must be STANDALONE or CLUSTER"));
+        }
+        if *self.halt.borrow() {
+            return Err(Status::unavailable("ingest is shutting down"));
+        }
+        let creds = credentials(&source);
+        let sub = self.subscriber(&req.subscriber_id);
+        let span = tracing::info_span!("subscription", subscriber = %sub.id);
+        let mut st = sub.state.lock().await;
+        if let Some(previous) = st.active.take() {
+            tracing::info!(parent: &span, "a new subscription replaces the running one");
+            previous
+                .stop_with(Some(Status::aborted(
+                    "replaced by a newer Subscribe of the same subscriber",
+                )))
+                .await;
+        }
+        let targets = discover(mode, &source.address, &creds)
+            .instrument(span.clone())
+            .await?;
+
+        // Shards that no longer exist (topology changed): their history cannot continue.
+        let gone: Vec<String> = st
+            .shards
+            .keys()
+            .filter(|id| !targets.iter().any(|t| &t.id == *id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(shard) = st.shards.remove(&id) {
+                tracing::info!(parent: &span, shard = %id, "shard no longer in the source; dropping its spool");
+                if let Some((link, _)) = shard.link {
+                    link.stop().await;
+                }
+                let _ = shard.spool.reset().await;
+                let _ = tokio::fs::remove_dir_all(shard.spool.dir()).await;
+            }
+        }
+
+        let (tx, rx) = mpsc::channel(2 + targets.len());
+        let (cancel, cancel_rx) = watch::channel(false);
+        let chunk_threshold = if req.chunk_threshold_bytes == 0 {
+            self.config.chunk_threshold_bytes
+        } else {
+            req.chunk_threshold_bytes
+        };
+        let hb = req.heartbeat.clone().unwrap_or_default();
+        let prefix = if hb.key_prefix.is_empty() {
+            heartbeat::DEFAULT_PREFIX.to_owned()
+        } else {
+            hb.key_prefix.clone()
+        };
+        let interval_ms = if hb.interval_ms == 0 {
+            heartbeat::DEFAULT_INTERVAL_MS
+        } else {
+            hb.interval_ms
+        };
+        let mut tasks = Vec::new();
+        for target in &targets {
+            if !st.shards.contains_key(&target.id) {
+                let shard = self.open_shard(&sub, &target.id).await?;
+                st.shards.insert(target.id.clone(), shard);
+            }
+            let Some(shard) = st.shards.get_mut(&target.id) else {
+                return Err(Status::internal("shard vanished"));
+            };
+            let position = req
+                .start
+                .iter()
+                .find(|s| s.shard_id == target.id)
+                .and_then(|s| s.position.clone());
+            let link_target = LinkTarget {
+                addr: target.addr.clone(),
+                credentials: creds.clone(),
+            };
+            let start = self
+                .prepare_shard(&sub.id, &target.id, shard, link_target, position)
+                .instrument(tracing::info_span!(parent: &span, "shard", shard = %target.id))
+                .await?;
+            let Some((link, _)) = &shard.link else {
+                return Err(Status::internal("link not started"));
+            };
+            let cfg = ReaderConfig {
+                shard_id: target.id.clone(),
+                max_batch_events: self.config.max_batch_events,
+                chunk_threshold_bytes: chunk_threshold,
+                heartbeat: Some(HeartbeatMatcher::new(&prefix, &sub.id)),
+            };
+            let reader_span =
+                tracing::info_span!("shard_reader", subscriber = %sub.id, shard = %target.id);
+            tasks.push(tokio::spawn(
+                reader::run(
+                    shard.spool.clone(),
+                    start,
+                    cfg,
+                    tx.clone(),
+                    link.state(),
+                    self.halt_signal(cancel_rx.clone()),
+                    shard.metrics.clone(),
+                )
+                .instrument(reader_span),
+            ));
+            if !hb.disabled {
+                let key = heartbeat_key(&prefix, &sub.id, target)?;
+                let hb_target = HeartbeatTarget {
+                    addr: target.addr.clone(),
+                    credentials: creds.clone(),
+                    key,
+                    interval: Duration::from_millis(u64::from(interval_ms)),
+                };
+                let hb_span =
+                    tracing::info_span!("heartbeat", subscriber = %sub.id, shard = %target.id);
+                let stop = self.halt_signal(cancel_rx.clone());
+                let closed = tx.clone();
+                tasks.push(tokio::spawn(
+                    async move {
+                        // The heartbeat serves this subscription only: stop with its stream.
+                        tokio::select! {
+                            () = heartbeat::run(hb_target, stop) => {}
+                            () = closed.closed() => {}
+                        }
+                    }
+                    .instrument(hb_span),
+                ));
+            }
+        }
+        st.active = Some(Active {
+            cancel,
+            tasks,
+            events: tx.downgrade(),
+        });
+        st.idle_since = None;
+        tracing::info!(parent: &span, shards = targets.len(), "subscription started");
+        Ok(ReceiverStream::new(rx))
+    }
+
+    /// Decides where the shard's reader starts, resetting the spool and (re)starting the
+    /// link as the position requires.
+    async fn prepare_shard(
+        &self,
+        subscriber_id: &str,
+        shard_id: &str,
+        shard: &mut Shard,
+        target: LinkTarget,
+        position: Option<Position>,
+    ) -> Result<StartAt, Status> {
+        if shard.link.as_ref().is_some_and(|(_, t)| *t != target) {
+            tracing::info!(addr = %target.addr, "source endpoint changed; restarting the replica link");
+            if let Some((link, _)) = shard.link.take() {
+                link.stop().await;
+            }
+        }
+        let fresh = |resume_from: Option<ResumeFrom>, reason: String| LinkConfig {
+            subscriber_id: subscriber_id.to_owned(),
+            shard_id: shard_id.to_owned(),
+            addr: target.addr.clone(),
+            credentials: target.credentials.clone(),
+            listening_port: self.config.common.listen.port(),
+            resume_from,
+            first_sync_reason: reason,
+        };
+        let start = match &position {
+            Some(p) => {
+                match shard
+                    .spool
+                    .locate(&p.replid, p.offset, p.in_snapshot, p.snapshot_records)
+                {
+                    Some(at) => {
+                        // Subscribing from a position acknowledges everything before it.
+                        shard
+                            .spool
+                            .trim(&p.replid, p.offset, p.in_snapshot, p.snapshot_records)
+                            .await
+                            .map_err(|e| Status::internal(e.to_string()))?;
+                        shard
+                            .metrics
+                            .spool_bytes
+                            .set(i64::try_from(shard.spool.bytes()).unwrap_or(i64::MAX));
+                        self.ensure_link(
+                            shard,
+                            fresh(
+                                None,
+                                "ingest's spool no longer continues the source's history".into(),
+                            ),
+                        );
+                        tracing::info!(replid = %p.replid, offset = p.offset, in_snapshot = p.in_snapshot, "resuming from the spool");
+                        StartAt {
+                            segment: Some(at.segment),
+                            byte: at.byte,
+                            skip_records: at.skip_records,
+                            db: p.db,
+                            emit_begin: !p.in_snapshot,
+                        }
+                    }
+                    None if p.in_snapshot => {
+                        let reason = format!(
+                            "the snapshot {}:{} being copied is no longer in ingest's spool",
+                            p.replid, p.offset
+                        );
+                        self.restart_link(shard, fresh(None, reason)).await?;
+                        StartAt {
+                            segment: None,
+                            byte: 0,
+                            skip_records: 0,
+                            db: 0,
+                            emit_begin: true,
+                        }
+                    }
+                    None => {
+                        // Not in the spool (ingest lost it, or never had it): the source's
+                        // backlog may still hold it.
+                        tracing::info!(replid = %p.replid, offset = p.offset, "position not in the spool; asking the source to continue from it");
+                        let resume = ResumeFrom {
+                            replid: p.replid.clone(),
+                            offset: p.offset,
+                        };
+                        self.restart_link(shard, fresh(Some(resume), "first sync".into()))
+                            .await?;
+                        StartAt {
+                            segment: None,
+                            byte: 0,
+                            skip_records: 0,
+                            db: p.db,
+                            emit_begin: true,
+                        }
+                    }
+                }
+            }
+            None if shard.spool.starts_with_snapshot() => {
+                self.ensure_link(shard, fresh(None, "first sync".into()));
+                let first = shard.spool.first_segment();
+                StartAt {
+                    segment: first,
+                    byte: 0,
+                    skip_records: 0,
+                    db: 0,
+                    emit_begin: true,
+                }
+            }
+            None => {
+                self.restart_link(shard, fresh(None, "first sync".into()))
+                    .await?;
+                StartAt {
+                    segment: None,
+                    byte: 0,
+                    skip_records: 0,
+                    db: 0,
+                    emit_begin: true,
+                }
+            }
+        };
+        Ok(start)
+    }
+
+    /// Keeps a running link; starts one when there is none or it gave up.
+    fn ensure_link(&self, shard: &mut Shard, config: LinkConfig) {
+        if shard.link.as_ref().is_some_and(|(l, _)| !l.is_finished()) {
+            return;
+        }
+        let target = LinkTarget {
+            addr: config.addr.clone(),
+            credentials: config.credentials.clone(),
+        };
+        let link = LinkHandle::start(
+            config,
+            shard.spool.clone(),
+            shard.metrics.clone(),
+            self.halt.subscribe(),
+        );
+        shard.link = Some((link, target));
+    }
+
+    /// Stops the link, empties the spool and starts a new link.
+    async fn restart_link(&self, shard: &mut Shard, config: LinkConfig) -> Result<(), Status> {
+        if let Some((link, _)) = shard.link.take() {
+            link.stop().await;
+        }
+        shard
+            .spool
+            .reset()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.ensure_link(shard, config);
+        Ok(())
+    }
+
+    /// Trims spools up to the acknowledged positions.
+    pub async fn acknowledge(&self, req: AcknowledgeRequest) -> Result<(), Status> {
+        validate_subscriber_id(&req.subscriber_id)?;
+        let known = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&req.subscriber_id);
+        if !known
+            && !tokio::fs::try_exists(self.config.spool_dir.join(&req.subscriber_id))
+                .await
+                .unwrap_or(false)
+        {
+            return Err(Status::not_found(format!(
+                "no subscriber {:?} on this ingest",
+                req.subscriber_id
+            )));
+        }
+        let sub = self.subscriber(&req.subscriber_id);
+        let mut st = sub.state.lock().await;
+        for sp in &req.positions {
+            let Some(p) = &sp.position else { continue };
+            if !st.shards.contains_key(&sp.shard_id) {
+                // After a restart, before the first Subscribe: the spool is on disk only.
+                if validate_subscriber_id(&sp.shard_id).is_err()
+                    || !tokio::fs::try_exists(sub.dir.join(&sp.shard_id))
+                        .await
+                        .unwrap_or(false)
+                {
+                    continue;
+                }
+                let shard = self.open_shard(&sub, &sp.shard_id).await?;
+                st.shards.insert(sp.shard_id.clone(), shard);
+            }
+            let Some(shard) = st.shards.get(&sp.shard_id) else {
+                continue;
+            };
+            shard
+                .spool
+                .trim(&p.replid, p.offset, p.in_snapshot, p.snapshot_records)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            if !p.in_snapshot {
+                shard
+                    .metrics
+                    .acked_offset
+                    .set(i64::try_from(p.offset).unwrap_or(i64::MAX));
+            }
+            shard
+                .metrics
+                .spool_bytes
+                .set(i64::try_from(shard.spool.bytes()).unwrap_or(i64::MAX));
+        }
+        Ok(())
+    }
+
+    /// Ends every subscription stream (the gRPC server can then drain) and stops every
+    /// link and heartbeat.
+    pub fn halt(&self) {
+        self.halt.send_replace(true);
+    }
+
+    /// Waits until every task has stopped (after [`Registry::halt`]).
+    pub async fn wait_stopped(&self) {
+        let subs: Vec<Arc<Subscriber>> = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for sub in subs {
+            let mut st = sub.state.lock().await;
+            if let Some(active) = st.active.take() {
+                active.stop().await;
+            }
+            for shard in st.shards.values_mut() {
+                if let Some((link, _)) = shard.link.take() {
+                    link.stop().await;
+                }
+            }
+        }
+    }
+
+    /// Stops links of subscribers that have had no subscription for [`IDLE_LIMIT`].
+    pub fn spawn_idle_sweeper(self: &Arc<Self>) -> JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        // Only the service's halt stops the sweeper.
+        let mut halt = StopSignal::new(self.halt.subscribe(), self.halt.subscribe());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = halt.requested() => return,
+                }
+                let Some(registry) = weak.upgrade() else {
+                    return;
+                };
+                registry.sweep_idle(IDLE_LIMIT).await;
+            }
+        })
+    }
+
+    async fn sweep_idle(&self, limit: Duration) {
+        let subs: Vec<Arc<Subscriber>> = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for sub in subs {
+            let Ok(mut st) = sub.state.try_lock() else {
+                continue;
+            };
+            let idle = st.active.as_ref().is_none_or(Active::is_finished);
+            if !idle {
+                st.idle_since = None;
+                continue;
+            }
+            let since = *st.idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < limit {
+                continue;
+            }
+            let mut stopped = false;
+            for shard in st.shards.values_mut() {
+                if let Some((link, _)) = shard.link.take() {
+                    link.stop().await;
+                    stopped = true;
+                }
+            }
+            if stopped {
+                tracing::info!(subscriber = %sub.id, idle = ?limit, "no subscriber for a long time; replica links stopped");
+            }
+        }
+    }
+}
+
+fn heartbeat_key(
+    prefix: &str,
+    subscriber_id: &str,
+    target: &ShardTarget,
+) -> Result<String, Status> {
+    if !target.cluster {
+        return Ok(format!("{prefix}:{subscriber_id}"));
+    }
+    let tag = cluster::hash_tag_for(&target.slots).ok_or_else(|| {
+        Status::internal(format!("no hash tag found for the slots of {}", target.id))
+    })?;
+    Ok(format!("{prefix}:{subscriber_id}:{{{tag}}}"))
+}
+
+/// The source's shards: the node itself, or the cluster's masters that own slots.
+async fn discover(
+    mode: InstanceMode,
+    address: &str,
+    creds: &Credentials,
+) -> Result<Vec<ShardTarget>, Status> {
+    if mode != InstanceMode::Cluster {
+        return Ok(vec![ShardTarget {
+            id: STANDALONE_SHARD.to_owned(),
+            addr: address.to_owned(),
+            slots: Vec::new(),
+            cluster: false,
+        }]);
+    }
+    let mut c = RedisConn::connect(address)
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    creds.authenticate(&mut c).await.map_err(|e| match e {
+        AuthError::Conn(c) => Status::unavailable(c.to_string()),
+        e @ AuthError::Refused { .. } => Status::permission_denied(e.to_string()),
+    })?;
+    let masters: Vec<ClusterMaster> = probe::cluster_masters(&mut c)
+        .await
+        .map_err(Status::failed_precondition)?;
+    if masters.is_empty() {
+        return Err(Status::failed_precondition(format!(
+            "cluster at {address} has no master that owns slots"
+        )));
+    }
+    Ok(masters
+        .into_iter()
+        .map(|m| ShardTarget {
+            id: m.id,
+            addr: m.addr,
+            slots: m.slots,
+            cluster: true,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_config(dir: &std::path::Path) -> IngestConfig {
+        IngestConfig {
+            common: redis_sync_service::CommonConfig {
+                listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                metrics_listen: None,
+                log_format: redis_sync_telemetry::LogFormat::Pretty,
+                tls: None,
+            },
+            spool_dir: dir.to_path_buf(),
+            spool_max_bytes: 1 << 30,
+            chunk_threshold_bytes: 1 << 20,
+            max_batch_events: 16,
+            auth_token: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_links_are_stopped_after_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::new(
+            test_config(dir.path()),
+            redis_sync_telemetry::Metrics::new(),
+        );
+        let sub = registry.subscriber("idle");
+        {
+            let mut st = sub.state.lock().await;
+            let mut shard = registry.open_shard(&sub, "standalone").await.unwrap();
+            let target = LinkTarget {
+                addr: "127.0.0.1:1".into(),
+                credentials: Credentials::default(),
+            };
+            let config = LinkConfig {
+                subscriber_id: "idle".into(),
+                shard_id: "standalone".into(),
+                addr: target.addr.clone(),
+                credentials: Credentials::default(),
+                listening_port: 0,
+                resume_from: None,
+                first_sync_reason: "first sync".into(),
+            };
+            let link = LinkHandle::start(
+                config,
+                shard.spool.clone(),
+                shard.metrics.clone(),
+                registry.halt.subscribe(),
+            );
+            shard.link = Some((link, target));
+            st.shards.insert("standalone".into(), shard);
+        }
+        registry.sweep_idle(Duration::from_secs(3600)).await;
+        assert!(
+            sub.state.lock().await.shards["standalone"].link.is_some(),
+            "not idle long enough"
+        );
+        registry.sweep_idle(Duration::ZERO).await;
+        assert!(
+            sub.state.lock().await.shards["standalone"].link.is_none(),
+            "stopped once idle past the limit"
+        );
+    }
+
+    #[test]
+    fn subscriber_ids_are_safe_directory_names() {
+        assert!(validate_subscriber_id("task-1_a.b").is_ok());
+        for bad in ["", ".hidden", "a/b", "..", "a b", &"x".repeat(200)] {
+            assert!(validate_subscriber_id(bad).is_err(), "{bad:?}");
+        }
+    }
+}
