@@ -72,7 +72,15 @@ echo "$task"
 id=$(echo "$task" | field "['task']['id']")
 
 say "StartTask (runs the precheck first)"
-api StartTask "{\"id\": \"$id\"}" | head -c 3000; echo
+api StartTask "{\"id\": \"$id\"}" | python3 -c '
+import json, sys
+task = json.load(sys.stdin)["task"]
+for item in task.get("precheck", {}).get("items", []):
+    status = item.get("status", "CHECK_STATUS_UNSPECIFIED")[len("CHECK_STATUS_"):]
+    print("  %-11s %s: %s" % (status, item["name"], item.get("reason", "")))
+print("state:", task["state"])
+'
+
 
 say "waiting for SYNCHRONIZING"
 state=""
