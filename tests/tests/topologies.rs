@@ -207,15 +207,14 @@ async fn cluster_to_cluster_and_standalone_to_cluster() {
     let standalone_source = RedisServer::start(RedisVersion::V7_0).unwrap();
     let destination2 = RedisCluster::start(RedisVersion::V7_0, 3, 0).unwrap();
     seed(&standalone_source, "s");
-    let id = create_and_start(
-        &mut client,
-        spec(
-            "to-cluster",
-            standalone(standalone_source.addr()),
-            cluster(destination2.addrs()[0].clone()),
-        ),
-    )
-    .await;
+    // A cluster has only database 0: the task names the standalone database it copies.
+    let mut to_cluster = spec(
+        "to-cluster",
+        standalone(standalone_source.addr()),
+        cluster(destination2.addrs()[0].clone()),
+    );
+    to_cluster.databases = vec![0];
+    let id = create_and_start(&mut client, to_cluster).await;
     wait_state(&mut client, &id, TaskState::Synchronizing, SYNC_TIMEOUT).await;
     workload(&standalone_source, "s");
     let report = verify_until_equal(&mut client, &id, SYNC_TIMEOUT).await;

@@ -5,7 +5,15 @@
 //! live in a small [`Metrics`] registry that both the Prometheus `/metrics` endpoint
 //! ([`serve_metrics`]) and the OTLP exporter read, so a number is defined once.
 //!
-//! This crate does not decide what is measured: the services register their own metrics.
+//! OTLP goes over gRPC to an `http://` endpoint and follows the standard variables:
+//! `OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT`, `OTEL_EXPORTER_OTLP_TIMEOUT`,
+//! `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME` (default: the binary's name),
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_BSP_SCHEDULE_DELAY` (spans, default 5 s) and
+//! `OTEL_METRIC_EXPORT_INTERVAL` (metrics, default 60 s). Every gRPC call is a server span
+//! (see `redis_sync_service::server_builder`); failed exports are logged, never fatal.
+//!
+//! This crate does not decide what is measured: the services register their own metrics,
+//! and [`init`] adds `redis_sync_build_info`.
 
 mod metrics;
 mod otel;
@@ -78,10 +86,13 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global tracing subscriber and, if configured, OTLP export.
+/// Installs the global tracing subscriber and, if configured, OTLP export, and registers
+/// `redis_sync_build_info` in `metrics`.
 ///
 /// Must be called from inside a Tokio runtime when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
-/// (the gRPC exporter needs it).
+/// (the gRPC exporter needs it), and the returned guard dropped while that runtime still
+/// runs, outside its worker threads (at the end of `#[tokio::main]`'s `main`): the final
+/// flush goes through it. The flush takes at most two seconds, collector or not.
 pub fn init(
     service: &'static str,
     format: LogFormat,
@@ -93,6 +104,15 @@ pub fn init(
         }
         _ => EnvFilter::new("info"),
     };
+    // Present in every process, so a scrape or an OTLP export is never empty and the
+    // version that runs is visible next to the numbers it produces.
+    metrics
+        .gauge(
+            "redis_sync_build_info",
+            "Always 1; the version label is the running build's version.",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+        )
+        .set(1);
     let otel = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if !endpoint.is_empty() => Some(
             otel::OtelProviders::new(service, &endpoint, metrics)

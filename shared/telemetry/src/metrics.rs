@@ -200,14 +200,16 @@ impl Metrics {
     }
 
     pub(crate) fn register_otel(&self, meter: &Meter) {
+        // Hold the family list while the meter is installed, so a family created
+        // meanwhile is either in the list (observed here) or sees the meter (observed by
+        // `series`): never neither.
         let families = self
             .inner
             .families
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        for f in families {
-            observe(meter, f);
+            .unwrap_or_else(PoisonError::into_inner);
+        for f in families.iter() {
+            observe(meter, f.clone());
         }
         *self
             .inner
@@ -217,25 +219,43 @@ impl Metrics {
     }
 }
 
+/// Registers `family` with `meter` as an observable instrument read at each export.
+///
+/// Counters become monotonic cumulative sums, so a backend computes rates from them as it
+/// does from the Prometheus counters on `/metrics`; gauges stay gauges.
 fn observe(meter: &Meter, family: Arc<Family>) {
     let name = family.name.clone();
     let help = family.help.clone();
-    let callback = move |obs: &dyn opentelemetry::metrics::AsyncInstrument<i64>| {
-        for (labels, v) in family.snapshot() {
-            let attrs: Vec<KeyValue> = labels
-                .into_iter()
-                .map(|(k, v)| KeyValue::new(k, v))
-                .collect();
-            obs.observe(v, &attrs);
-        }
+    let attrs = |labels: Labels| -> Vec<KeyValue> {
+        labels
+            .into_iter()
+            .map(|(k, v)| KeyValue::new(k, v))
+            .collect()
     };
-    // Counters and gauges are both exported as gauges of the current value: the numbers
-    // are the same ones /metrics shows, and no rate is computed here.
-    let _gauge = meter
-        .i64_observable_gauge(name)
-        .with_description(help)
-        .with_callback(callback)
-        .build();
+    match family.kind {
+        Kind::Counter => {
+            let _counter = meter
+                .u64_observable_counter(name)
+                .with_description(help)
+                .with_callback(move |obs| {
+                    for (labels, v) in family.snapshot() {
+                        obs.observe(u64::try_from(v).unwrap_or(0), &attrs(labels));
+                    }
+                })
+                .build();
+        }
+        Kind::Gauge => {
+            let _gauge = meter
+                .i64_observable_gauge(name)
+                .with_description(help)
+                .with_callback(move |obs| {
+                    for (labels, v) in family.snapshot() {
+                        obs.observe(v, &attrs(labels));
+                    }
+                })
+                .build();
+        }
+    }
 }
 
 /// Serves `GET /metrics` (Prometheus text) and `GET /healthz` until `shutdown` completes.
@@ -310,6 +330,59 @@ mod tests {
         assert!(text.contains("# TYPE events_total counter"));
         assert!(text.contains("events_total{shard=\"a\\\"b\"} 3"));
         assert!(text.contains("lag_bytes -2"));
+    }
+
+    #[test]
+    fn otlp_sees_counters_as_monotonic_sums_and_gauges_as_gauges() {
+        use opentelemetry::metrics::MeterProvider as _;
+        use opentelemetry_sdk::metrics::{
+            InMemoryMetricExporter, PeriodicReader, SdkMeterProvider,
+            data::{AggregatedMetrics, MetricData},
+        };
+
+        let m = Metrics::new();
+        // One family before the meter exists, one after: both must be exported.
+        m.counter("early_total", "Before OTLP.", &[("shard", "a")])
+            .add(5);
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        m.register_otel(&provider.meter("test"));
+        m.gauge("late_bytes", "After OTLP.", &[]).set(-7);
+
+        provider.force_flush().unwrap();
+        let exported = exporter.get_finished_metrics().unwrap();
+        let rm = exported.last().expect("one export");
+        let metrics: Vec<_> = rm.scope_metrics().flat_map(|s| s.metrics()).collect();
+        let early = metrics
+            .iter()
+            .find(|x| x.name() == "early_total")
+            .expect("counter exported");
+        match early.data() {
+            AggregatedMetrics::U64(MetricData::Sum(sum)) => {
+                assert!(sum.is_monotonic());
+                let point = sum.data_points().next().expect("a point");
+                assert_eq!(point.value(), 5);
+                assert!(
+                    point
+                        .attributes()
+                        .any(|kv| kv.key.as_str() == "shard" && kv.value.as_str() == "a")
+                );
+            }
+            other => panic!("counter exported as {other:?}"),
+        }
+        let late = metrics
+            .iter()
+            .find(|x| x.name() == "late_bytes")
+            .expect("gauge exported");
+        match late.data() {
+            AggregatedMetrics::I64(MetricData::Gauge(g)) => {
+                assert_eq!(g.data_points().next().expect("a point").value(), -7);
+            }
+            other => panic!("gauge exported as {other:?}"),
+        }
+        provider.shutdown().unwrap();
     }
 
     #[tokio::test]
