@@ -5,6 +5,7 @@
 //! The binaries are the ones `cargo build --bins` leaves in the target directory; the
 //! README's test command builds them before running the tests.
 
+pub mod proxy;
 pub mod sync;
 
 use std::{
@@ -80,6 +81,9 @@ pub struct ServiceProcess {
     /// Scratch directory (spool or task store), removed on drop.
     pub dir: PathBuf,
     log: PathBuf,
+    /// Binary path, full argument list (ports included) and extra environment, kept so
+    /// that [`ServiceProcess::restart`] runs the same command again.
+    command: (PathBuf, Vec<String>, Vec<(String, String)>),
 }
 
 impl std::fmt::Debug for ServiceProcess {
@@ -104,15 +108,31 @@ fn scratch_dir(name: &str) -> PathBuf {
 impl ServiceProcess {
     /// Starts `redis-sync-ingest` with `extra` flags.
     pub fn ingest(extra: &[&str]) -> Result<Self, E2eError> {
+        Self::ingest_with_env(extra, &[])
+    }
+
+    /// Starts `redis-sync-ingest` with `extra` flags and `env` added to its environment
+    /// (which is this process's, minus `OTEL_EXPORTER_OTLP_ENDPOINT` unless `env` sets it).
+    pub fn ingest_with_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Self, E2eError> {
         let dir = scratch_dir("ingest");
         let spool = dir.join("spool");
         let mut args = vec!["--spool-dir".to_owned(), spool.display().to_string()];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        Self::spawn("redis-sync-ingest", dir, args)
+        Self::spawn("redis-sync-ingest", dir, args, env)
     }
 
     /// Starts `redis-sync-apply` pointing at `ingest_endpoint`, with `extra` flags.
     pub fn apply(ingest_endpoint: &str, extra: &[&str]) -> Result<Self, E2eError> {
+        Self::apply_with_env(ingest_endpoint, extra, &[])
+    }
+
+    /// Starts `redis-sync-apply` like [`ServiceProcess::apply`], with `env` added to its
+    /// environment as in [`ServiceProcess::ingest_with_env`].
+    pub fn apply_with_env(
+        ingest_endpoint: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, E2eError> {
         let dir = scratch_dir("apply");
         let store = dir.join("tasks.redb");
         let mut args = vec![
@@ -122,10 +142,15 @@ impl ServiceProcess {
             ingest_endpoint.to_owned(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        Self::spawn("redis-sync-apply", dir, args)
+        Self::spawn("redis-sync-apply", dir, args, env)
     }
 
-    fn spawn(name: &str, dir: PathBuf, mut args: Vec<String>) -> Result<Self, E2eError> {
+    fn spawn(
+        name: &str,
+        dir: PathBuf,
+        mut args: Vec<String>,
+        env: &[(&str, &str)],
+    ) -> Result<Self, E2eError> {
         let bin = binary(name)?;
         let grpc = free_addr();
         let metrics = free_addr();
@@ -136,29 +161,14 @@ impl ServiceProcess {
             metrics.to_string(),
         ]);
         let log = dir.join("service.log");
-        let out = std::fs::File::create(&log).map_err(|source| E2eError::Io {
-            what: format!("create {}", log.display()),
-            source,
-        })?;
-        let err = out.try_clone().map_err(|source| E2eError::Io {
-            what: "dup log".into(),
-            source,
-        })?;
-        let child = Command::new(&bin)
-            .args(&args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|source| E2eError::Io {
-                what: format!("spawn {}", bin.display()),
-                source,
-            })?;
+        let command = (
+            bin,
+            args,
+            env.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        let child = launch(&command, &log, false)?;
         Ok(Self {
             name: name.to_owned(),
             child: Some(child),
@@ -166,7 +176,26 @@ impl ServiceProcess {
             metrics,
             dir,
             log,
+            command,
         })
+    }
+
+    /// Starts the process again with the same binary, flags, environment, directory
+    /// (spool or task store) and ports, as an operator restarting a crashed service
+    /// would; kills the running one first (SIGKILL) if there is one. The log continues
+    /// in the same file. Call [`ServiceProcess::wait_healthy`] afterwards.
+    pub fn restart(&mut self) -> Result<(), E2eError> {
+        self.kill9();
+        self.child = Some(launch(&self.command, &self.log, true)?);
+        Ok(())
+    }
+
+    /// Whether the process is running (false after [`ServiceProcess::kill9`], after
+    /// [`ServiceProcess::terminate`], or when it exited on its own).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Process id, while running.
@@ -197,12 +226,11 @@ impl ServiceProcess {
                 let req = tonic_health::pb::HealthCheckRequest {
                     service: String::new(),
                 };
-                if let Ok(resp) = client.check(req).await {
-                    if resp.into_inner().status
+                if let Ok(resp) = client.check(req).await
+                    && resp.into_inner().status
                         == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-                    {
-                        return Ok(());
-                    }
+                {
+                    return Ok(());
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -238,6 +266,45 @@ impl ServiceProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// Spawns `command` (binary, args, env) with stdout and stderr into `log` (appended to
+/// when `append`, else truncated).
+fn launch(
+    (bin, args, env): &(PathBuf, Vec<String>, Vec<(String, String)>),
+    log: &Path,
+    append: bool,
+) -> Result<Child, E2eError> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(log)
+        .map_err(|source| E2eError::Io {
+            what: format!("open {}", log.display()),
+            source,
+        })?;
+    let err = out.try_clone().map_err(|source| E2eError::Io {
+        what: "dup log".into(),
+        source,
+    })?;
+    Command::new(bin)
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|source| E2eError::Io {
+            what: format!("spawn {}", bin.display()),
+            source,
+        })
 }
 
 impl Drop for ServiceProcess {

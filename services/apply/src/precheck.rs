@@ -198,7 +198,14 @@ async fn probe_source(spec: &TaskSpec, config: &ApplyConfig) -> SourceView {
             probe: response.into_inner(),
         },
         Ok(Err(status)) => {
+            // A failed TLS handshake surfaces as "transport error"; its cause (e.g.
+            // "received fatal alert: CertificateRequired") is in the error's sources.
+            let detail = error_chain(&status);
             let (what, fix) = match status.code() {
+                _ if is_tls_failure(&detail) => (
+                    "refused the TLS handshake",
+                    "check apply's --ingest-ca (the CA of ingest's --tls-cert) and, when ingest sets --tls-client-ca, --ingest-client-cert/--ingest-client-key signed by that CA",
+                ),
                 tonic::Code::Unavailable => (
                     "is not reachable",
                     "start ingest or fix spec.ingest_endpoint; check the network path from apply to ingest",
@@ -215,18 +222,50 @@ async fn probe_source(spec: &TaskSpec, config: &ApplyConfig) -> SourceView {
                     "did not answer in time",
                     "check that ingest can reach the source",
                 ),
+                // Over https a refused client certificate often shows only as a
+                // closed connection: the server's alert races with the request.
+                tonic::Code::Unknown | tonic::Code::Cancelled
+                    if endpoint.starts_with("https://") =>
+                {
+                    (
+                        "closed the connection",
+                        "check apply's --ingest-ca (the CA of ingest's --tls-cert) and, when ingest sets --tls-client-ca, --ingest-client-cert/--ingest-client-key signed by that CA; else see ingest's log",
+                    )
+                }
                 _ => ("failed the probe", "see ingest's log"),
             };
             no_ingest(
                 format!(
-                    "ingest at {endpoint} {what} ({:?}: {})",
-                    status.code(),
-                    status.message()
+                    "ingest at {endpoint} {what} ({:?}: {detail})",
+                    status.code()
                 ),
                 fix,
             )
         }
     }
+}
+
+/// The status message followed by its sources, each once.
+fn error_chain(status: &tonic::Status) -> String {
+    let mut out = status.message().to_owned();
+    let mut cur = std::error::Error::source(status);
+    while let Some(e) = cur {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = e.source();
+    }
+    out
+}
+
+/// True when an error text is a TLS handshake or certificate failure.
+fn is_tls_failure(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    ["certificate", "fatal alert", "unknownissuer", "handshake"]
+        .iter()
+        .any(|needle| text.contains(needle))
 }
 
 fn ingest_reachable(source: &SourceView) -> PrecheckItem {
@@ -550,7 +589,12 @@ fn describe_redis_error(address: &str, err: &redis::RedisError) -> (String, Stri
         || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
         || text.contains("invalid password")
         || text.contains("invalid username-password");
-    if auth {
+    if is_tls_failure(&text) {
+        (
+            format!("TLS with {address} failed: {text}"),
+            "check spec.destination.tls: ca_file must hold the CA that signed the destination's certificate, and cert_file/key_file a client certificate when the destination sets tls-auth-clients".to_owned(),
+        )
+    } else if auth {
         (
             format!("{address} refused the credentials: authentication failed (wrong password or user, or the server needs none): {text}"),
             "set spec.destination.username/password to credentials the destination accepts (create a new task)".to_owned(),
@@ -602,6 +646,10 @@ async fn connect(
         Ok(Err(endpoint::EndpointError::Redis { source, .. })) => {
             Err(describe_redis_error(address, &source))
         }
+        Ok(Err(e @ endpoint::EndpointError::TlsFile { .. })) => Err((
+            e.to_string(),
+            "fix spec.destination.tls: the file must exist, be readable by apply and hold PEM (create a new task)".to_owned(),
+        )),
         Ok(Err(e)) => Err((e.to_string(), fix_addr)),
         Ok(Ok(con)) => Ok(con),
     }

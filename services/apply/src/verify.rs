@@ -14,10 +14,13 @@
 //! `SSCAN`, `HSCAN`, `XRANGE`, `GETRANGE`) so memory stays bounded whatever the key's
 //! size, and keys with more than `big_key_elements` elements are compared by length only.
 //!
-//! Ignored: the tool's own keys on the destination (prefix `redis-sync:`, e.g. the
-//! checkpoints) and this task's heartbeat keys (`<prefix>:<task id>` and
-//! `<prefix>:<task id>:…`) on both sides. Keys of module types are compared by type and
-//! TTL only.
+//! Ignored: this task's heartbeat keys (`<prefix>:<task id>` and `<prefix>:<task id>:…`)
+//! on both sides, and on the destination every key the tool writes (prefix
+//! `redis-sync:`, the checkpoints, and any heartbeat key) that the source does not hold.
+//! The tool's keys of *other* tasks that the source does hold — an upstream task's
+//! checkpoint and heartbeat in a cascade A → B → C — are data to this task but change
+//! every second, so only their presence is compared. Keys of module types are compared
+//! by type and TTL only.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -246,6 +249,7 @@ pub async fn verify(
         plan,
         options,
         heartbeat: format!("{prefix}:{task_id}").into_bytes(),
+        heartbeat_prefix: format!("{prefix}:").into_bytes(),
         module_keys: AtomicU64::new(0),
     };
     let response = run.run(task_id).await?;
@@ -1099,6 +1103,8 @@ struct Run {
     options: VerifyOptions,
     /// `<prefix>:<task id>`.
     heartbeat: Vec<u8>,
+    /// `<prefix>:`, common to the heartbeats of every task.
+    heartbeat_prefix: Vec<u8>,
     module_keys: AtomicU64,
 }
 
@@ -1108,6 +1114,11 @@ impl Run {
     fn is_heartbeat(&self, key: &[u8]) -> bool {
         key.strip_prefix(self.heartbeat.as_slice())
             .is_some_and(|rest| rest.is_empty() || rest.first() == Some(&b':'))
+    }
+
+    /// A key the tool writes (checkpoint or heartbeat), for whichever task.
+    fn is_tool_key(&self, key: &[u8]) -> bool {
+        key.starts_with(OWN_KEY_PREFIX) || key.starts_with(&self.heartbeat_prefix)
     }
 
     fn is_big(&self, elements: i64) -> bool {
@@ -1151,7 +1162,7 @@ impl Run {
                 let mut results = std::pin::pin!(
                     scan_keys(&self.dest, node, d)
                         .try_filter(|k| {
-                            future::ready(!k.starts_with(OWN_KEY_PREFIX) && !self.is_heartbeat(k))
+                            future::ready(!self.is_tool_key(k))
                         })
                         .map(|key| async move {
                             let key = key?;
@@ -1259,6 +1270,15 @@ impl Run {
                 diff: difference(s, key.clone(), kind, detail),
             })
         };
+        if self.is_tool_key(&key) {
+            return Ok(match self.dest.exists(d, &key).await? {
+                true => None,
+                false => found(
+                    DifferenceKind::Missing,
+                    "the tool's key of another task, on the source only".to_owned(),
+                ),
+            });
+        }
         let heads = tokio::try_join!(self.source.head(s, &key), self.dest.head(d, &key));
         let (src, dst) = match heads {
             Ok(h) => h,

@@ -61,6 +61,8 @@ impl Recorder {
 struct Env {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    ingest_config: IngestConfig,
+    addr: SocketAddr,
     config: ApplyConfig,
     dir: PathBuf,
     metrics: Metrics,
@@ -89,9 +91,11 @@ impl Env {
             spool_max_bytes: 1 << 30,
             chunk_threshold_bytes,
             max_batch_events: 512,
+            auth_token: None,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let ingest_config = config.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(
             Ingest::new(config, Metrics::new()).serve(listener, async move {
@@ -111,6 +115,8 @@ impl Env {
         Ok(Self {
             stop: Some(stop),
             task,
+            ingest_config,
+            addr,
             config,
             dir,
             metrics: Metrics::new(),
@@ -125,6 +131,24 @@ impl Env {
             observer: rec.clone(),
             metrics: self.metrics.clone(),
         })
+    }
+
+    /// Stops ingest and starts a new one on the same address and spool.
+    async fn restart_ingest(&mut self) -> TestResult {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), &mut self.task).await;
+        self.task.abort();
+        let listener = tokio::net::TcpListener::bind(self.addr).await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.task = tokio::spawn(
+            Ingest::new(self.ingest_config.clone(), Metrics::new()).serve(listener, async move {
+                let _ = stopped.await;
+            }),
+        );
+        self.stop = Some(stop);
+        Ok(())
     }
 
     async fn stop(mut self) {
@@ -214,6 +238,9 @@ fn cmd(server: &RedisServer, db: u32, args: &[&str]) -> TestResult {
     run(server, db, &a).map(|_| ())
 }
 
+/// A function library (loaded on the destination before the keys).
+const LIBRARY: &str = "#!lua name=synclib\nredis.register_function('setit', function(keys, args) return redis.call('SET', keys[1], args[1]) end)";
+
 /// Every type, several dbs with a mapping, big keys in chunks, then a broad mix of writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_every_type_then_a_mix_of_writes() -> TestResult {
@@ -254,7 +281,8 @@ async fn standalone_every_type_then_a_mix_of_writes() -> TestResult {
     }
     let big_string = "s".repeat(20_000);
     for c in [
-        &["SET", "str", "hello"][..],
+        &["FUNCTION", "LOAD", LIBRARY][..],
+        &["SET", "str", "hello"],
         &["SET", "int", "12345"],
         &["SET", "big:string", &big_string],
         &["RPUSH", "list", "a", "b", "c"],
@@ -358,6 +386,19 @@ async fn standalone_every_type_then_a_mix_of_writes() -> TestResult {
         "db 1 is not selected"
     );
     assert!(rec.started.load(Ordering::SeqCst) >= 1);
+    let functions = run(&dst, 0, &[b"FUNCTION", b"LIST"])?;
+    let names: Vec<Vec<u8>> = functions
+        .as_array()
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|lib| {
+            lib.as_array()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|x| x.as_bytes().map(<[u8]>::to_vec))
+        })
+        .collect();
+    assert!(names.iter().any(|n| n == b"synclib"), "{functions:?}");
 
     // Incremental: a broad mix.
     let far = (sync_support::now_ms() + 3_600_000).to_string();
@@ -385,6 +426,8 @@ async fn standalone_every_type_then_a_mix_of_writes() -> TestResult {
         (1, &["SET", "not-selected-2", "1"]),
         (0, &["MOVE", "new", "1"]),
         (0, &["COPY", "str", "str-copy", "DB", "2"]),
+        (0, &["FCALL", "setit", "1", "by-function", "v"]),
+        (0, &["PUBLISH", "channel", "message"]),
     ] {
         cmd(&src, db, c)?;
     }
@@ -896,12 +939,232 @@ async fn standalone_source_into_a_cluster() -> TestResult {
     let runner = env.spawn("to-cluster", &spec, &rec2);
     cmd(&src, 0, &["SET", "after-restart", "1"])?;
     converged(&rec2, &src, &side, &[(0, 0)], Duration::from_secs(30)).await?;
+    assert!(
+        rec2.done.load(Ordering::SeqCst) >= 1,
+        "resumed in the stream: synchronizing"
+    );
     assert_eq!(
         rec2.started.load(Ordering::SeqCst),
         0,
         "no new full copy after a restart"
     );
     runner.stop().await;
+    env.stop().await;
+    Ok(())
+}
+
+/// The destination drops every connection several times and ingest restarts while the
+/// source keeps writing: the runner retries (never FAILED) and every write lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnects_and_an_ingest_restart_are_retried() -> TestResult {
+    let src = RedisServer::start(RedisVersion::V7_0)?;
+    let dst = RedisServer::start(RedisVersion::V7_0)?;
+    let mut env = Env::start(1024 * 1024).await?;
+    let mut spec = spec(
+        &src.addr(),
+        endpoint(&dst.addr(), InstanceMode::Standalone),
+        ConflictMode::Intercept,
+        &[],
+        &[],
+    );
+    spec.heartbeat = Some(HeartbeatOptions {
+        disabled: true,
+        ..HeartbeatOptions::default()
+    });
+    let rec = Arc::new(Recorder::default());
+    const ROUNDS: usize = 3000;
+    let done = Arc::new(AtomicBool::new(false));
+    let writes = {
+        let mut c = src.client()?;
+        let done = done.clone();
+        std::thread::spawn(move || -> Result<(), String> {
+            for i in 0..ROUNDS {
+                c.cmd_str(&["INCR", "counter"]).map_err(|e| e.to_string())?;
+                c.cmd_str(&["RPUSH", "list", &i.to_string()])
+                    .map_err(|e| e.to_string())?;
+                if i % 4 == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            done.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+    };
+    let runner = env.spawn("retry", &spec, &rec);
+    initial_sync_done(&rec, Duration::from_secs(60)).await?;
+    let counter = |dst: &RedisServer| -> Result<i64, String> {
+        let r = run(dst, 0, &[b"GET", b"counter"]).map_err(|e| e.to_string())?;
+        Ok(r.as_str().and_then(|s| s.parse().ok()).unwrap_or(0))
+    };
+    for round in 0..3 {
+        let before = counter(&dst)?;
+        // Every client connection goes, the runner's included.
+        cmd(&dst, 0, &["CLIENT", "KILL", "TYPE", "normal"])?;
+        eventually(
+            "progress after the disconnect",
+            Duration::from_secs(30),
+            || {
+                rec.check()?;
+                let now = counter(&dst)?;
+                if now > before || done.load(Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err(format!("round {round}: still {now}"))
+                }
+            },
+        )
+        .await?;
+    }
+    env.restart_ingest().await?;
+    eventually(
+        "the source writes to finish",
+        Duration::from_secs(60),
+        || {
+            rec.check()?;
+            if done.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("writing".into())
+            }
+        },
+    )
+    .await?;
+    writes.join().map_err(|_| "writer panicked")??;
+    converged(
+        &rec,
+        &src,
+        &Side::Server(&dst),
+        &[(0, 0)],
+        Duration::from_secs(60),
+    )
+    .await?;
+    assert_eq!(counter(&dst)?, ROUNDS as i64);
+    assert_eq!(
+        run(&dst, 0, &[b"LLEN", b"list"])?.as_int(),
+        Some(ROUNDS as i64)
+    );
+    let text = env.metrics.render();
+    assert!(
+        text.lines().any(|l| l
+            .starts_with("redis_sync_apply_errors_total{task=\"retry\",kind=\"transient\"}")
+            && !l.ends_with(" 0")),
+        "{text}"
+    );
+    runner.stop().await;
+    rec.check()?;
+    env.stop().await;
+    Ok(())
+}
+
+/// A destination that diverged (a key of another type) fails the task, naming the
+/// command, the key, the db and the reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_fails_the_task_with_its_context() -> TestResult {
+    let src = RedisServer::start(RedisVersion::V7_0)?;
+    let dst = RedisServer::start(RedisVersion::V7_0)?;
+    let env = Env::start(1024 * 1024).await?;
+    let spec = spec(
+        &src.addr(),
+        endpoint(&dst.addr(), InstanceMode::Standalone),
+        ConflictMode::Intercept,
+        &[0, 4],
+        &[(4, 6)],
+    );
+    let rec = Arc::new(Recorder::default());
+    let runner = env.spawn("refused", &spec, &rec);
+    initial_sync_done(&rec, Duration::from_secs(60)).await?;
+    cmd(&dst, 6, &["SET", "victim", "a string"])?;
+    cmd(&src, 4, &["LPUSH", "victim", "x"])?;
+    let reason = eventually("the task to fail", Duration::from_secs(30), || {
+        rec.failed
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| "still running".to_owned())
+    })
+    .await?;
+    for part in [
+        "LPUSH",
+        "\"victim\"",
+        "destination db 6",
+        "source db 4",
+        "WRONGTYPE",
+    ] {
+        assert!(reason.contains(part), "{part:?} not in {reason:?}");
+    }
+    runner.stop().await;
+    env.stop().await;
+    Ok(())
+}
+
+/// The runner dies in the middle of a full copy; the next one resumes it from the
+/// checkpoint inside the snapshot: no key twice (INTERCEPT would refuse a second RESTORE
+/// with BUSYKEY), none missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_inside_the_full_copy_resumes_it() -> TestResult {
+    let src = RedisServer::start(RedisVersion::V7_0)?;
+    let dst = RedisServer::start(RedisVersion::V7_0)?;
+    let env = Env::start(1024 * 1024).await?;
+    const KEYS: i64 = 100_000;
+    cmd(
+        &src,
+        0,
+        &["DEBUG", "POPULATE", &KEYS.to_string(), "key", "32"],
+    )?;
+    let mut spec = spec(
+        &src.addr(),
+        endpoint(&dst.addr(), InstanceMode::Standalone),
+        ConflictMode::Intercept,
+        &[],
+        &[],
+    );
+    spec.heartbeat = Some(HeartbeatOptions {
+        disabled: true,
+        ..HeartbeatOptions::default()
+    });
+    let rec = Arc::new(Recorder::default());
+    let runner = env.spawn("mid-copy", &spec, &rec);
+    let at_kill = eventually("part of the full copy", Duration::from_secs(60), || {
+        rec.check()?;
+        let n = run(&dst, 0, &[b"DBSIZE"])
+            .map_err(|e| e.to_string())?
+            .as_int()
+            .unwrap_or(0);
+        if n > 5_000 {
+            Ok(n)
+        } else {
+            Err(format!("{n} keys"))
+        }
+    })
+    .await?;
+    drop(runner);
+    assert!(
+        at_kill < KEYS,
+        "the copy finished before the crash ({at_kill} keys)"
+    );
+    let ckpt = run(
+        &dst,
+        0,
+        &[b"HGET", b"redis-sync:checkpoint:mid-copy", b"standalone"],
+    )?;
+    let ckpt = ckpt.as_str().unwrap_or_default().to_owned();
+    assert!(
+        ckpt.split('|').nth(4) == Some("1"),
+        "the checkpoint is inside the snapshot: {ckpt}"
+    );
+    let runner = env.spawn("mid-copy", &spec, &rec);
+    initial_sync_done(&rec, Duration::from_secs(120)).await?;
+    cmd(&src, 0, &["SET", "after", "1"])?;
+    converged(
+        &rec,
+        &src,
+        &Side::Server(&dst),
+        &[(0, 0)],
+        Duration::from_secs(60),
+    )
+    .await?;
+    runner.stop().await;
+    rec.check()?;
     env.stop().await;
     Ok(())
 }

@@ -5,7 +5,11 @@
 //! written as "a function of a listener and a shutdown future", so tests run services
 //! in-process on `127.0.0.1:0`.
 
+pub mod auth;
+
 use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
+
+pub use auth::{RequireToken, require_token, validate_token};
 
 use redis_sync_telemetry::LogFormat;
 use tokio::net::TcpListener;
@@ -162,8 +166,11 @@ pub async fn shutdown_signal() {
 }
 
 /// gRPC reflection, v1 and v1alpha (older grpcurl speaks only v1alpha), listing `service`
-/// (a full name such as "redis_sync.v1.IngestService") and the health service.
-pub fn reflection(service: &'static str) -> (
+/// (a full name such as "redis_sync.v1.IngestService"), the health service and the two
+/// reflection services themselves.
+pub fn reflection(
+    service: &'static str,
+) -> (
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
@@ -177,6 +184,10 @@ pub fn reflection(service: &'static str) -> (
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name(service)
             .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection")
     };
     // Both builders only fail on a malformed descriptor set, which is generated at build
     // time from our own protos and the health crate's: a failure is a build bug.
@@ -188,13 +199,37 @@ pub fn reflection(service: &'static str) -> (
 }
 
 /// A tonic server builder with the settings both services use.
+///
+/// Every call runs in a span named after its method ("redis_sync.v1.TaskService/ListTasks"
+/// in OTLP, a server span), so spans a handler opens are its children. Health checks and
+/// reflection get a debug-level span: probes every few seconds would bury the real calls.
 pub fn server_builder(
     tls: Option<ServerTlsConfig>,
 ) -> Result<tonic::transport::Server, tonic::transport::Error> {
     let mut b = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .trace_fn(|req| {
+            let path = req.uri().path();
+            let rpc = path.strip_prefix('/').unwrap_or(path);
+            let service = rpc.split_once('/').map_or(rpc, |(s, _)| s);
+            if service == "grpc.health.v1.Health" || service.starts_with("grpc.reflection.") {
+                tracing::debug_span!(
+                    "rpc",
+                    otel.name = rpc,
+                    otel.kind = "server",
+                    rpc.system = "grpc"
+                )
+            } else {
+                tracing::info_span!(
+                    "rpc",
+                    otel.name = rpc,
+                    otel.kind = "server",
+                    rpc.system = "grpc"
+                )
+            }
+        });
     if let Some(tls) = tls {
         b = b.tls_config(tls)?;
     }
