@@ -103,7 +103,7 @@ impl Apply {
             redis_sync_service::reflection("redis_sync.v1.TaskService");
         let tasks = TaskServiceServer::with_interceptor(
             TaskApi::new(manager.clone()),
-            auth::RequireToken::new(config.api_token.as_deref()),
+            auth::api_token(config.api_token.as_deref()),
         );
         let router = match redis_sync_service::server_builder(config.common.tls.clone()) {
             Ok(b) => b,

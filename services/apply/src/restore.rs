@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use redis_sync_proto::v1::{KeyRecord, StreamChunk, StreamId, ValueType, key_record, value_chunk};
+use redis_sync_proto::v1::{KeyRecord, StreamChunk, StreamId, key_record, value_chunk};
 
 /// A command as its argument list, name first.
 pub type Args = Vec<Vec<u8>>;
@@ -270,7 +270,6 @@ fn chunked_key(
             rec.expire_at_ms.to_string().into_bytes(),
         ]);
     }
-    let _ = ValueType::try_from(rec.r#type);
     Ok(out)
 }
 

@@ -180,6 +180,7 @@ async fn run(ctx: RunnerContext, mut stop: watch::Receiver<bool>) {
         &[("task", ctx.task_id.as_str()), ("kind", "fatal")],
     );
     let mut backoff = BACKOFF_MIN;
+    let mut failure = None;
     loop {
         if *stop.borrow() {
             break;
@@ -190,8 +191,7 @@ async fn run(ctx: RunnerContext, mut stop: watch::Receiver<bool>) {
             SessionEnd::Fatal(reason) => {
                 errors_fatal.inc();
                 tracing::error!(%reason, "task failed");
-                shared.publish_status(&ctx.spec.heartbeat.clone().unwrap_or_default());
-                ctx.observer.failed(reason);
+                failure = Some(reason);
                 break;
             }
             SessionEnd::Transient(reason) => {
@@ -208,8 +208,13 @@ async fn run(ctx: RunnerContext, mut stop: watch::Receiver<bool>) {
             }
         }
     }
+    // The last status, then (only when failing) the failure: nothing of this runner
+    // reports after `failed`.
     drop(reporter);
     shared.publish_status(&ctx.spec.heartbeat.clone().unwrap_or_default());
+    if let Some(reason) = failure {
+        ctx.observer.failed(reason);
+    }
 }
 
 fn writer_options(ctx: &RunnerContext, shard_id: &str) -> WriterOptions {

@@ -39,6 +39,10 @@
 //! and a reader may see slot A ahead of slot B for a moment. `MOVED`/`ASK` abort that
 //! slot's MULTI (nothing of it applies); the writer reports a transient error and the
 //! runner reloads the slot map and retries, so a migration in progress is waited out.
+//! The global checkpoint lives on one master: a failover of *another* master that loses
+//! writes it had acknowledged (Redis replicates asynchronously) loses them for good, as
+//! the global checkpoint already covers them. (A standalone destination keeps data and
+//! checkpoint in one replication stream, so a failover there rolls both back together.)
 //!
 //! # Keys the destination already expired
 //!

@@ -138,9 +138,23 @@ impl Env {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(30), &mut self.task).await;
-        self.task.abort();
-        let listener = tokio::net::TcpListener::bind(self.addr).await?;
+        if tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .is_err()
+        {
+            // Not drained in time: cancel it and wait until its listener is closed.
+            self.task.abort();
+            let _ = (&mut self.task).await;
+        }
+        let addr = self.addr;
+        let listener = eventually(
+            "the ingest port to be free again",
+            Duration::from_secs(10),
+            || std::net::TcpListener::bind(addr).map_err(|e| e.to_string()),
+        )
+        .await?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let (stop, stopped) = oneshot::channel::<()>();
         self.task = tokio::spawn(
             Ingest::new(self.ingest_config.clone(), Metrics::new()).serve(listener, async move {

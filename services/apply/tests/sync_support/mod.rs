@@ -83,7 +83,12 @@ impl Reader {
     }
 
     fn node(&mut self, key: &[u8]) -> &mut Client {
-        let idx = match &self.cluster {
+        let idx = self.index(key);
+        &mut self.clients[idx]
+    }
+
+    fn index(&self, key: &[u8]) -> usize {
+        match &self.cluster {
             None => 0,
             Some(ranges) => {
                 let slot = redis_sync_testkit::key_slot(key);
@@ -92,8 +97,24 @@ impl Reader {
                     .find(|(a, b, _)| slot >= *a && slot <= *b)
                     .map_or(0, |r| r.2)
             }
-        };
-        &mut self.clients[idx]
+        }
+    }
+
+    /// Pipelines `cmds` (each with the key that routes it) and returns the replies in order.
+    fn batch(&mut self, cmds: &[(Vec<u8>, Vec<Vec<u8>>)]) -> TestResult<Vec<Reply>> {
+        let mut order = Vec::with_capacity(cmds.len());
+        for (key, args) in cmds {
+            let i = self.index(key);
+            let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+            self.clients[i].send(&refs)?;
+            order.push(i);
+        }
+        // Each node answers in order, so reading node by node in sending order matches.
+        let mut out = Vec::with_capacity(cmds.len());
+        for i in order {
+            out.push(self.clients[i].read_reply()?);
+        }
+        Ok(out)
     }
 
     fn cmd(&mut self, key: &[u8], args: &[&[u8]]) -> TestResult<Reply> {
@@ -221,8 +242,50 @@ fn value_of(r: &mut Reader, key: &[u8]) -> TestResult<(String, String)> {
     Ok((t, v))
 }
 
-fn pttl(r: &mut Reader, key: &[u8]) -> TestResult<i64> {
-    Ok(r.cmd(key, &[b"PTTL", key])?.as_int().unwrap_or(-3))
+/// (type, canonical value text) of one key.
+type TypedValue = (String, String);
+
+/// Type-and-value texts and PTTLs of `keys`, pipelined (streams one by one).
+fn values(r: &mut Reader, keys: &[Vec<u8>]) -> TestResult<(Vec<TypedValue>, Vec<i64>)> {
+    let types = r.batch(
+        &keys
+            .iter()
+            .map(|k| (k.clone(), vec![b"TYPE".to_vec(), k.clone()]))
+            .collect::<Vec<_>>(),
+    )?;
+    let types: Vec<String> = types
+        .iter()
+        .map(|t| t.as_str().unwrap_or_default().to_owned())
+        .collect();
+    let mut cmds = Vec::with_capacity(keys.len() * 2);
+    for (k, t) in keys.iter().zip(&types) {
+        let v: Vec<&[u8]> = match t.as_str() {
+            "string" => vec![b"GET", k],
+            "list" => vec![b"LRANGE", k, b"0", b"-1"],
+            "set" => vec![b"SMEMBERS", k],
+            "zset" => vec![b"ZRANGE", k, b"0", b"-1", b"WITHSCORES"],
+            "hash" => vec![b"HGETALL", k],
+            _ => vec![b"EXISTS", k],
+        };
+        cmds.push((k.clone(), v.into_iter().map(<[u8]>::to_vec).collect()));
+        cmds.push((k.clone(), vec![b"PTTL".to_vec(), k.clone()]));
+    }
+    let replies = r.batch(&cmds)?;
+    let mut vals = Vec::with_capacity(keys.len());
+    let mut ttls = Vec::with_capacity(keys.len());
+    for (i, (k, t)) in keys.iter().zip(&types).enumerate() {
+        let v = &replies[2 * i];
+        let text = match t.as_str() {
+            "string" => format!("{:?}", bulk(v)),
+            "list" | "zset" => format!("{v:?}"),
+            "set" => format!("{:?}", sorted_items(v)),
+            "hash" => format!("{:?}", sorted_pairs(v)),
+            _ => value_of(r, k)?.1,
+        };
+        vals.push((t.clone(), text));
+        ttls.push(replies[2 * i + 1].as_int().unwrap_or(-3));
+    }
+    Ok((vals, ttls))
 }
 
 /// Keys that the sync itself writes and the source does not have.
@@ -268,23 +331,33 @@ pub fn differences(
             ));
         }
     }
-    for k in ka.iter().filter(|k| kb.binary_search(k).is_ok()) {
-        let va = value_of(&mut a, k)?;
-        let vb = value_of(&mut b, k)?;
-        if va != vb {
-            diffs.push(format!(
-                "{:?}: source {va:?} destination {vb:?}",
-                String::from_utf8_lossy(k)
-            ));
-            continue;
-        }
-        let (ta, tb) = (pttl(&mut a, k)?, pttl(&mut b, k)?);
-        let ok = (ta < 0 && tb < 0 && ta == tb) || (ta >= 0 && tb >= 0 && (ta - tb).abs() <= 2000);
-        if !ok {
-            diffs.push(format!(
-                "{:?}: ttl source {ta} destination {tb}",
-                String::from_utf8_lossy(k)
-            ));
+    let common: Vec<Vec<u8>> = ka
+        .iter()
+        .filter(|k| kb.binary_search(k).is_ok())
+        .cloned()
+        .collect();
+    for chunk in common.chunks(256) {
+        let (va, ta) = values(&mut a, chunk)?;
+        let (vb, tb) = values(&mut b, chunk)?;
+        for (i, k) in chunk.iter().enumerate() {
+            if va[i] != vb[i] {
+                diffs.push(format!(
+                    "{:?}: source {:?} destination {:?}",
+                    String::from_utf8_lossy(k),
+                    va[i],
+                    vb[i]
+                ));
+                continue;
+            }
+            let (ta, tb) = (ta[i], tb[i]);
+            let ok =
+                (ta < 0 && tb < 0 && ta == tb) || (ta >= 0 && tb >= 0 && (ta - tb).abs() <= 2000);
+            if !ok {
+                diffs.push(format!(
+                    "{:?}: ttl source {ta} destination {tb}",
+                    String::from_utf8_lossy(k)
+                ));
+            }
         }
     }
     Ok(diffs)
