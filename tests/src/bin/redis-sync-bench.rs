@@ -28,6 +28,9 @@ use redis_sync_testkit::{RedisServer, RedisVersion};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Receives one command (name and arguments) of a generated dataset.
+type Sink<'a> = &'a mut dyn FnMut(&[&[u8]]);
+
 #[derive(Debug, Clone)]
 struct Options {
     strings: u64,
@@ -128,8 +131,8 @@ fn load(
     Ok(())
 }
 
-fn mixed_dataset(o: &Options) -> impl FnOnce(&mut dyn FnMut(&[&[u8]])) + '_ {
-    move |cmd| {
+fn mixed_dataset(o: &Options) -> impl FnOnce(Sink<'_>) + '_ {
+    move |cmd: Sink<'_>| {
         let value = vec![b'v'; 100];
         for i in 0..o.strings {
             cmd(&[b"SET", format!("string:{i}").as_bytes(), &value]);

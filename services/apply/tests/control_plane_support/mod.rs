@@ -135,9 +135,12 @@ impl Drop for TestApply {
 // -------------------------------------------------------------------------------------
 // A scripted runner: it does nothing but lets the test call its observer.
 
+/// A scripted run: the observer the control plane gave it and its "stopped" flag.
+type ScriptedRun = (Arc<dyn RunnerObserver>, Arc<AtomicBool>);
+
 #[derive(Default)]
 pub struct ScriptState {
-    runs: Mutex<HashMap<String, (Arc<dyn RunnerObserver>, Arc<AtomicBool>)>>,
+    runs: Mutex<HashMap<String, ScriptedRun>>,
     spawns: Mutex<Vec<String>>,
     active: AtomicUsize,
 }
