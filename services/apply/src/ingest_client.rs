@@ -40,8 +40,14 @@ pub enum IngestConnectError {
 
 /// A lazily connecting client for `endpoint` (it connects on first use and reconnects
 /// after failures, so a restarting ingest is not an error here).
-pub fn ingest_client(endpoint: &str, config: &ApplyConfig) -> Result<IngestClient, IngestConnectError> {
-    let err = |message: String| IngestConnectError::Config { endpoint: endpoint.to_owned(), message };
+pub fn ingest_client(
+    endpoint: &str,
+    config: &ApplyConfig,
+) -> Result<IngestClient, IngestConnectError> {
+    let err = |message: String| IngestConnectError::Config {
+        endpoint: endpoint.to_owned(),
+        message,
+    };
     let mut ep = Endpoint::from_shared(endpoint.to_owned())
         .map_err(|e| err(e.to_string()))?
         .connect_timeout(std::time::Duration::from_secs(5))
@@ -69,6 +75,8 @@ pub fn ingest_client(endpoint: &str, config: &ApplyConfig) -> Result<IngestClien
         ),
         None => None,
     };
-    Ok(IngestServiceClient::with_interceptor(ep.connect_lazy(), BearerToken(token))
-        .max_decoding_message_size(256 * 1024 * 1024))
+    Ok(
+        IngestServiceClient::with_interceptor(ep.connect_lazy(), BearerToken(token))
+            .max_decoding_message_size(256 * 1024 * 1024),
+    )
 }

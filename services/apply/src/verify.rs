@@ -1161,9 +1161,7 @@ impl Run {
             for node in 0..self.dest.nodes.len() {
                 let mut results = std::pin::pin!(
                     scan_keys(&self.dest, node, d)
-                        .try_filter(|k| {
-                            future::ready(!self.is_tool_key(k))
-                        })
+                        .try_filter(|k| { future::ready(!self.is_tool_key(k)) })
                         .map(|key| async move {
                             let key = key?;
                             self.dest.limiter.acquire().await;
