@@ -26,7 +26,7 @@ use bytes::Bytes;
 
 use crate::encoding::crc64::crc64;
 use crate::error::RdbError;
-use crate::model::{AuxFields, Item, KeyChunk, KeyRecord, ParserOptions, module_type_name};
+use crate::model::{AuxFields, Item, KeyChunk, KeyRecord, ParserOptions, Value, module_type_name};
 use crate::reader::{PResult, Reader, Stop};
 use crate::types as t;
 use crate::value::{ValueMachine, decode_whole, module_step, resume_decoding};
@@ -514,6 +514,21 @@ impl RdbParser {
             if let Some(prev) = ctx.held.replace(chunk) {
                 self.out.push_back(Item::Chunk(prev));
             }
+        }
+        // An empty string is a key like any other (unlike an empty collection, which Redis
+        // drops): when its length prefix alone crossed the threshold, no part carried
+        // bytes, so it still needs its one, empty, chunk.
+        if last && ctx.next_index == 0 && ctx.rdb_type == t::STRING {
+            ctx.held = Some(KeyChunk {
+                db: ctx.db,
+                key: ctx.key.clone(),
+                expire_at_ms: ctx.expire,
+                rdb_type: ctx.rdb_type,
+                index: 0,
+                last: false,
+                part: Value::String(Bytes::new()),
+            });
+            ctx.next_index = 1;
         }
     }
 }

@@ -355,3 +355,25 @@ fn parse_ok_data(data: &[u8]) -> Vec<Item> {
     end.expect("complete");
     items
 }
+
+/// Found by the `rdb_parser` fuzz target: an empty string whose length prefix alone is
+/// bigger than the chunk threshold must still come out as a key (one empty chunk).
+#[test]
+fn empty_string_over_a_tiny_threshold_is_not_lost() {
+    let rdb: &[u8] = b"REDIS0008\x00\x00\x80\x00\x00\x00\x00\xff\x00\x00\x00\x00\x00\x00\x00\x00";
+    let mut parser = redis_sync_rdb::RdbParser::new(redis_sync_rdb::ParserOptions {
+        chunk_threshold_bytes: 4,
+        ..Default::default()
+    });
+    parser.feed(rdb);
+    let mut chunks = Vec::new();
+    while let Some(item) = parser.next_item().expect("valid RDB") {
+        if let redis_sync_rdb::Item::Chunk(c) = item {
+            chunks.push(c);
+        }
+    }
+    parser.finish().expect("complete");
+    assert_eq!(chunks.len(), 1, "{chunks:?}");
+    assert!(chunks[0].last && chunks[0].key.is_empty());
+    assert_eq!(chunks[0].part, redis_sync_rdb::Value::String(bytes::Bytes::new()));
+}
