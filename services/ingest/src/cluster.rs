@@ -19,7 +19,6 @@ pub fn crc16(data: &[u8]) -> u16 {
     crc
 }
 
-#[cfg(test)]
 /// The slot of `key`: the hash of its first non-empty `{...}` section if it has one,
 /// otherwise of the whole key.
 pub fn key_slot(key: &[u8]) -> u16 {
@@ -80,14 +79,54 @@ pub struct NodesError {
     pub reason: String,
 }
 
+/// One line of `CLUSTER NODES`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: String,
+    /// "host:port" for clients (empty for a node without an address).
+    pub addr: String,
+    /// Flagged `master`.
+    pub master: bool,
+    /// The line of the node that answered (`myself`).
+    pub myself: bool,
+    /// Flagged `fail`, `handshake` or `noaddr`: not usable.
+    pub failed: bool,
+    /// For a replica: the id of its master.
+    pub master_id: Option<String>,
+    /// Config epoch: the newest claim on a slot wins.
+    pub config_epoch: u64,
+    /// Slots owned.
+    pub slots: Vec<SlotRange>,
+    /// `[slot->-target]`: slots this node is migrating away, with the target's id. Only the
+    /// migrating node itself shows them (on its `myself` line).
+    pub migrating: Vec<(u16, String)>,
+    /// `[slot-<-source]`: slots this node is importing.
+    pub importing: Vec<(u16, String)>,
+}
+
+impl NodeInfo {
+    /// How many of `slots` this node owns.
+    pub fn overlap(&self, slots: &[SlotRange]) -> usize {
+        slots
+            .iter()
+            .map(|r| {
+                self.slots
+                    .iter()
+                    .map(|o| {
+                        let (a, b) = (r.start.max(o.start), r.end.min(o.end));
+                        if a <= b { usize::from(b - a) + 1 } else { 0 }
+                    })
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+}
+
 /// Parses `CLUSTER NODES` (3.0+ formats: `ip:port`, `ip:port@cport`, `ip:port@cport,hostname`)
-/// into the masters that own slots. A node that does not know its own IP yet prints an empty
-/// host; `connected_host` (the host we reached) stands in for it. Failed masters are left
-/// out: their slots are served by whoever took over, or by nobody.
-pub fn parse_cluster_nodes(
-    text: &str,
-    connected_host: &str,
-) -> Result<Vec<ClusterMaster>, NodesError> {
+/// into one entry per node. A node that does not know its own IP yet prints an empty host;
+/// `connected_host` (the host we reached) stands in for it.
+pub fn parse_nodes(text: &str, connected_host: &str) -> Result<Vec<NodeInfo>, NodesError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -103,32 +142,48 @@ pub fn parse_cluster_nodes(
             return Err(err("fewer than 8 fields"));
         }
         let flags: Vec<&str> = fields[2].split(',').collect();
-        if !flags.contains(&"master")
-            || flags
-                .iter()
-                .any(|f| matches!(*f, "fail" | "handshake" | "noaddr"))
-        {
-            continue;
-        }
-        let addr = fields[1].split(['@', ',']).next().unwrap_or("");
-        let (host, port) = addr
-            .rsplit_once(':')
-            .ok_or_else(|| err("address without port"))?;
-        let port: u16 = port.parse().map_err(|_| err("bad port"))?;
-        let host = if host.is_empty() {
-            connected_host
-        } else {
-            host
-        };
-        let host = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]")
-        } else {
-            host.to_owned()
+        let failed = flags
+            .iter()
+            .any(|f| matches!(*f, "fail" | "handshake" | "noaddr"));
+        let addr_field = fields[1].split(['@', ',']).next().unwrap_or("");
+        let addr = match addr_field.rsplit_once(':') {
+            Some((host, port)) => match port.parse::<u16>() {
+                Ok(port) if port > 0 => {
+                    let host = if host.is_empty() {
+                        connected_host
+                    } else {
+                        host
+                    };
+                    let host = if host.contains(':') && !host.starts_with('[') {
+                        format!("[{host}]")
+                    } else {
+                        host.to_owned()
+                    };
+                    format!("{host}:{port}")
+                }
+                _ if failed => String::new(),
+                _ => return Err(err("bad port")),
+            },
+            None if failed => String::new(),
+            None => return Err(err("address without port")),
         };
         let mut slots = Vec::new();
+        let mut migrating = Vec::new();
+        let mut importing = Vec::new();
         for s in &fields[8..] {
-            // "[slot->-node]" / "[slot-<-node]": a migration in progress, not ownership.
-            if s.starts_with('[') {
+            if let Some(marker) = s.strip_prefix('[').and_then(|m| m.strip_suffix(']')) {
+                // "[slot->-node]" migrating away, "[slot-<-node]" importing.
+                if let Some((slot, node)) = marker.split_once("->-") {
+                    migrating.push((
+                        parse_slot(slot).ok_or_else(|| err("bad slot"))?,
+                        node.to_owned(),
+                    ));
+                } else if let Some((slot, node)) = marker.split_once("-<-") {
+                    importing.push((
+                        parse_slot(slot).ok_or_else(|| err("bad slot"))?,
+                        node.to_owned(),
+                    ));
+                }
                 continue;
             }
             let range = match s.split_once('-') {
@@ -143,15 +198,43 @@ pub fn parse_cluster_nodes(
             };
             slots.push(range);
         }
-        if !slots.is_empty() {
-            out.push(ClusterMaster {
-                id: fields[0].to_owned(),
-                addr: format!("{host}:{port}"),
-                slots,
-            });
-        }
+        out.push(NodeInfo {
+            id: fields[0].to_owned(),
+            addr,
+            master: flags.contains(&"master"),
+            myself: flags.contains(&"myself"),
+            failed,
+            master_id: Some(fields[3]).filter(|m| *m != "-").map(str::to_owned),
+            config_epoch: fields[6].parse().unwrap_or(0),
+            slots,
+            migrating,
+            importing,
+        });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+/// The masters that own slots, from `CLUSTER NODES`. Failed masters are left out: their
+/// slots are served by whoever took over, or by nobody.
+pub fn parse_cluster_nodes(
+    text: &str,
+    connected_host: &str,
+) -> Result<Vec<ClusterMaster>, NodesError> {
+    Ok(masters(&parse_nodes(text, connected_host)?))
+}
+
+/// The usable masters that own slots among `nodes`.
+pub fn masters(nodes: &[NodeInfo]) -> Vec<ClusterMaster> {
+    nodes
+        .iter()
+        .filter(|n| n.master && !n.failed && !n.slots.is_empty())
+        .map(|n| ClusterMaster {
+            id: n.id.clone(),
+            addr: n.addr.clone(),
+            slots: n.slots.clone(),
+        })
+        .collect()
 }
 
 fn parse_slot(s: &str) -> Option<u16> {
@@ -216,6 +299,24 @@ bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb 127.0.0.1:30010@31010 master - 0 0 1 co
         assert_eq!(masters[2].slots.len(), 2);
         assert!(covers_all_slots(&masters));
         assert!(parse_cluster_nodes("x y", "h").is_err());
+
+        let nodes = parse_nodes(text, "10.0.0.1").unwrap();
+        assert_eq!(nodes.len(), 6);
+        assert_eq!(
+            nodes[0].master_id.as_deref(),
+            Some("e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca")
+        );
+        assert!(!nodes[0].master && nodes[1].master && nodes[3].myself);
+        assert_eq!(nodes[2].config_epoch, 3);
+        assert_eq!(nodes[2].migrating, vec![(16383, "abc".to_owned())]);
+        assert!(nodes[4].failed);
+        assert_eq!(
+            nodes[3].overlap(&[SlotRange {
+                start: 5000,
+                end: 6000
+            }]),
+            461
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@ use tokio::{
     net::TcpStream,
 };
 
+use crate::tls::{Connector, NodeStream};
+
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a reply to an ordinary command may take.
@@ -47,6 +49,16 @@ pub enum ConnError {
         /// The node.
         addr: String,
     },
+    /// The TLS handshake failed.
+    #[error("{addr}: {message}")]
+    Tls {
+        /// The node.
+        addr: String,
+        /// What went wrong, with a hint at the setting to check.
+        message: String,
+        /// Retrying will not help (a rejected certificate, a port that does not speak TLS).
+        permanent: bool,
+    },
     /// The node sent bytes that are not RESP.
     #[error("{addr}: protocol error: {source}")]
     Protocol {
@@ -61,8 +73,21 @@ pub enum ConnError {
 impl ConnError {
     /// Whether the node could not be reached at all (as opposed to answering badly).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, ConnError::Io { .. } | ConnError::Closed { .. })
-            || matches!(self, ConnError::Timeout { what, .. } if what == "connect")
+        matches!(
+            self,
+            ConnError::Io { .. } | ConnError::Closed { .. } | ConnError::Tls { .. }
+        ) || matches!(self, ConnError::Timeout { what, .. } if what == "connect")
+    }
+
+    /// Whether waiting cannot fix this (a TLS certificate the settings reject).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            ConnError::Tls {
+                permanent: true,
+                ..
+            }
+        )
     }
 }
 
@@ -70,14 +95,26 @@ impl ConnError {
 #[derive(Debug)]
 pub struct RedisConn {
     addr: String,
-    stream: TcpStream,
+    stream: NodeStream,
     buf: BytesMut,
     decoder: Decoder,
 }
 
-impl RedisConn {
-    /// Connects to `addr` ("host:port").
-    pub async fn connect(addr: &str) -> Result<RedisConn, ConnError> {
+impl Connector {
+    /// Connects to `addr` ("host:port"), with TLS when configured; TCP connect and TLS
+    /// handshake together take at most [`CONNECT_TIMEOUT`].
+    pub async fn connect(&self, addr: &str) -> Result<RedisConn, ConnError> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.connect_inner(addr)).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnError::Timeout {
+                addr: addr.to_owned(),
+                what: "connect".into(),
+                timeout: CONNECT_TIMEOUT,
+            }),
+        }
+    }
+
+    async fn connect_inner(&self, addr: &str) -> Result<RedisConn, ConnError> {
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Err(_) => {
                 return Err(ConnError::Timeout {
@@ -96,6 +133,11 @@ impl RedisConn {
         };
         // Small commands (ACKs, heartbeats) must not wait for Nagle.
         let _ = stream.set_nodelay(true);
+        let stream = self.wrap(addr, stream).await.map_err(|e| ConnError::Tls {
+            addr: addr.to_owned(),
+            message: e.message,
+            permanent: e.permanent,
+        })?;
         Ok(RedisConn {
             addr: addr.to_owned(),
             stream,
@@ -103,7 +145,9 @@ impl RedisConn {
             decoder: Decoder::new(Limits::default()),
         })
     }
+}
 
+impl RedisConn {
     /// The node's address.
     pub fn addr(&self) -> &str {
         &self.addr
@@ -123,13 +167,15 @@ impl RedisConn {
     pub async fn send<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<(), ConnError> {
         let mut out = BytesMut::new();
         encode_command(args, &mut out);
-        self.stream
-            .write_all(&out)
-            .await
-            .map_err(|source| ConnError::Io {
-                addr: self.addr.clone(),
-                source,
-            })
+        let written = async {
+            self.stream.write_all(&out).await?;
+            // TLS buffers records; plain TCP flushes nothing.
+            self.stream.flush().await
+        };
+        written.await.map_err(|source| ConnError::Io {
+            addr: self.addr.clone(),
+            source,
+        })
     }
 
     /// Reads one reply, waiting at most `timeout` in total.
@@ -173,7 +219,7 @@ impl RedisConn {
     }
 
     /// The socket and whatever was read past the last reply.
-    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+    pub fn into_parts(self) -> (NodeStream, BytesMut) {
         (self.stream, self.buf)
     }
 }
@@ -280,6 +326,23 @@ pub fn keyspace(info: &[(String, String)]) -> Vec<(u32, u64)> {
             Some((db, keys))
         })
         .collect()
+}
+
+/// `role`, `master_replid` and `master_replid2` from INFO replication (empty when absent:
+/// before 4.0 there are no replication ids).
+pub async fn replication_ids(conn: &mut RedisConn) -> Result<(String, String, String), String> {
+    match info(conn, Some("replication")).await {
+        Ok(Ok(i)) => {
+            let field = |n: &str| info_field(&i, n).unwrap_or_default().to_owned();
+            Ok((
+                field("role"),
+                field("master_replid"),
+                field("master_replid2"),
+            ))
+        }
+        Ok(Err(e)) => Err(format!("{}: INFO replication answered {e}", conn.addr())),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Runs `INFO [section]` and parses it.

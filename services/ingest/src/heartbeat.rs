@@ -2,14 +2,17 @@
 //! interval, which comes back through the replication stream so the subscriber can measure
 //! the end-to-end delay.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use redis_sync_resp::Frame;
 
 use crate::{
+    cluster::{self, SlotRange},
     conn::{Credentials, RedisConn},
     decode::snapshot::unix_ms,
     stop::StopSignal,
+    tls::Connector,
+    topology::SourceView,
 };
 
 /// Default key prefix.
@@ -20,12 +23,19 @@ pub const DEFAULT_INTERVAL_MS: u32 = 1000;
 /// What one heartbeat writer writes, and where.
 #[derive(Debug, Clone)]
 pub struct HeartbeatTarget {
-    /// "host:port" of the master.
+    /// "host:port" of the master (a standalone source; a cluster shard starts here).
     pub addr: String,
     /// Its credentials.
     pub credentials: Credentials,
-    /// The key: `<prefix>:<subscriber id>`, plus `:{tag}` on a cluster master.
-    pub key: String,
+    /// Opens the connection (TLS or plain).
+    pub connector: Connector,
+    /// `<prefix>:<subscriber id>`: the key of a standalone source; a cluster master's key
+    /// adds `:{tag}` with a hash tag in a slot the master owns.
+    pub key_base: String,
+    /// Cluster only: the subscriber's view and the shard id, so the heartbeat follows the
+    /// shard to its new master after a failover and its key to a slot the master still
+    /// owns after resharding.
+    pub cluster: Option<(Arc<SourceView>, String)>,
     /// Time between two writes.
     pub interval: Duration,
 }
@@ -36,6 +46,23 @@ impl HeartbeatTarget {
     pub fn ttl_ms(&self) -> u64 {
         (self.interval.as_millis() as u64 * 10).max(60_000)
     }
+
+    /// Where to write now, and which key.
+    fn locate(&self, cache: &mut Option<(Vec<SlotRange>, String)>) -> Option<(String, String)> {
+        let Some((view, shard)) = &self.cluster else {
+            return Some((self.addr.clone(), self.key_base.clone()));
+        };
+        let home = view.home(shard)?;
+        let tag = match cache {
+            Some((slots, tag)) if *slots == home.slots => tag.clone(),
+            _ => {
+                let tag = cluster::hash_tag_for(&home.slots)?;
+                *cache = Some((home.slots.clone(), tag.clone()));
+                tag
+            }
+        };
+        Some((home.addr, format!("{}:{{{tag}}}", self.key_base)))
+    }
 }
 
 /// Writes heartbeats until `cancel` is set. Failures are logged and retried: a missing
@@ -43,6 +70,7 @@ impl HeartbeatTarget {
 pub async fn run(target: HeartbeatTarget, mut cancel: StopSignal) {
     let ttl = target.ttl_ms().to_string();
     let mut conn: Option<RedisConn> = None;
+    let mut tags = None;
     let mut tick = tokio::time::interval(target.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = false;
@@ -51,12 +79,19 @@ pub async fn run(target: HeartbeatTarget, mut cancel: StopSignal) {
             _ = tick.tick() => {}
             () = cancel.requested() => return,
         }
+        let Some((addr, key)) = target.locate(&mut tags) else {
+            continue;
+        };
+        if conn.as_ref().is_some_and(|c| c.addr() != addr) {
+            // The shard moved (failover): write to its new master.
+            conn = None;
+        }
         if conn.is_none() {
-            match connect(&target).await {
+            match connect(&target, &addr).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     if !warned {
-                        tracing::warn!(error = %e, key = %target.key, "cannot write heartbeats");
+                        tracing::warn!(error = %e, %key, "cannot write heartbeats");
                         warned = true;
                     }
                     continue;
@@ -68,7 +103,7 @@ pub async fn run(target: HeartbeatTarget, mut cancel: StopSignal) {
         match c
             .command(&[
                 b"SET".as_slice(),
-                target.key.as_bytes(),
+                key.as_bytes(),
                 now.as_bytes(),
                 b"PX",
                 ttl.as_bytes(),
@@ -77,8 +112,13 @@ pub async fn run(target: HeartbeatTarget, mut cancel: StopSignal) {
         {
             Ok(Frame::Error(e)) => {
                 if !warned {
-                    tracing::warn!(error = %String::from_utf8_lossy(&e), key = %target.key, "heartbeat write refused");
+                    tracing::warn!(error = %String::from_utf8_lossy(&e), %key, "heartbeat write refused");
                     warned = true;
+                }
+                if target.cluster.is_some() {
+                    // MOVED, READONLY, CLUSTERDOWN: the topology changed under us; the
+                    // next tick asks the view again on a fresh connection.
+                    conn = None;
                 }
             }
             Ok(_) => warned = false,
@@ -90,8 +130,10 @@ pub async fn run(target: HeartbeatTarget, mut cancel: StopSignal) {
     }
 }
 
-async fn connect(target: &HeartbeatTarget) -> Result<RedisConn, String> {
-    let mut c = RedisConn::connect(&target.addr)
+async fn connect(target: &HeartbeatTarget, addr: &str) -> Result<RedisConn, String> {
+    let mut c = target
+        .connector
+        .connect(addr)
         .await
         .map_err(|e| e.to_string())?;
     target

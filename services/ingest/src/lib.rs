@@ -13,7 +13,13 @@
 //!   RESP stream) and sends batches on the subscriber's bounded stream;
 //! * `subscription`: subscribers, shard discovery, which position reads from where, and
 //!   when a link must resume, restart or copy in full; `heartbeat` and `probe` talk to the
-//!   source as an ordinary client.
+//!   source as an ordinary client;
+//! * `tls`: every connection to the source, plain or TLS (`RedisEndpoint.tls`);
+//! * `topology`: where each shard of a cluster lives now, and how a link finds its shard
+//!   again after a failover (same shard id, same history, `+CONTINUE`);
+//! * `resharding`: keys moved between cluster masters — why the old owner's `DEL` is not
+//!   forwarded, and the window that remains;
+//! * `decode::scripts`: Lua script bodies, also kept on disk per subscriber for `EVALSHA`.
 
 mod cluster;
 pub mod config;
@@ -24,10 +30,13 @@ mod link;
 mod metrics;
 mod probe;
 mod reader;
+mod resharding;
 mod service;
 pub mod spool;
 mod stop;
 mod subscription;
+mod tls;
+mod topology;
 
 use std::{future::Future, sync::Arc};
 

@@ -6,8 +6,19 @@
 //! waits for a subscriber, so the master's output buffer for us stays small whatever
 //! happens downstream. Transient failures (connection loss, `-LOADING`, `-NOMASTERLINK`)
 //! are retried with capped exponential backoff and continue with `PSYNC` from the spool's
-//! end; failures that waiting will not fix (refused credentials, full spool) stop the link
-//! and are reported through [`LinkState::Failed`].
+//! end; failures that waiting will not fix (refused credentials, a rejected TLS
+//! certificate, full spool) stop the link and are reported through [`LinkState::Failed`].
+//!
+//! While it retries, the link says so in [`LinkState::Retrying`] (address, last error,
+//! attempts, since when), which readers turn into an `UNAVAILABLE` status for the
+//! subscriber once it has lasted long enough; the retries go on regardless, so the link
+//! recovers on its own when the master is back.
+//!
+//! In a cluster the link follows its shard: after every failed attempt it asks the cluster
+//! where the shard's slots are served now ([`topology::relocate`]); after a failover that
+//! is the promoted replica, which continues the same history with `+CONTINUE`, so the
+//! shard keeps its id and its spool. A node that answers as a replica is not used: it may
+//! be the old master demoted by a failover.
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,8 +27,7 @@ use redis_sync_resp::handshake::{
     EofMarkScanner, MarkScan, PsyncReply, TransferHeader, parse_psync_reply, parse_transfer_header,
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpStream, tcp::OwnedWriteHalf},
+    io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf},
     sync::watch,
     task::JoinHandle,
     time::Instant,
@@ -25,11 +35,17 @@ use tokio::{
 use tracing::Instrument;
 
 use crate::{
-    conn::{self, AuthError, ConnError, Credentials, RedisConn},
+    conn::{self, AuthError, ConnError, Credentials},
     metrics::ShardMetrics,
+    resharding::{SlotHistory, SlotWatcher},
     spool::{SnapshotInfo, Spool, SpoolError, SpoolWriter},
     stop::StopSignal,
+    tls::{Connector, NodeStream},
+    topology::{self, ShardHome, SourceView},
 };
+
+type Reader = ReadHalf<NodeStream>;
+type Writer = WriteHalf<NodeStream>;
 
 /// How long the master may stay silent before the link is considered dead. The master
 /// PINGs every 10 s by default and sends newlines while it prepares a snapshot.
@@ -49,17 +65,60 @@ pub enum LinkState {
     Transferring,
     /// Receiving the command stream.
     Streaming,
-    /// The last attempt failed; another follows after a backoff.
+    /// The last attempt failed; another follows after a backoff. The state stays until an
+    /// attempt gets through to a snapshot or the stream.
     Retrying {
+        /// The master tried last.
+        addr: String,
         /// Why the last attempt failed.
         error: String,
         /// Attempts failed in a row.
         attempt: u32,
+        /// When the first of them failed.
+        since: Instant,
     },
     /// The link gave up: waiting will not fix this.
     Failed(LinkFailure),
     /// Stopped on request.
     Stopped,
+}
+
+/// A subscriber hears that its source is unreachable after this many failed attempts in
+/// a row ...
+pub const UNAVAILABLE_AFTER_ATTEMPTS: u32 = 5;
+/// ... or after failing for this long, whichever comes first.
+pub const UNAVAILABLE_AFTER: Duration = Duration::from_secs(30);
+
+impl LinkState {
+    /// While retrying: when the failure becomes worth telling the subscriber.
+    pub fn unavailable_at(&self) -> Option<Instant> {
+        match self {
+            LinkState::Retrying { since, .. } => Some(*since + UNAVAILABLE_AFTER),
+            _ => None,
+        }
+    }
+
+    /// The message for the subscriber, once the link has failed long enough (see
+    /// [`UNAVAILABLE_AFTER_ATTEMPTS`], [`UNAVAILABLE_AFTER`]).
+    pub fn unavailable(&self) -> Option<String> {
+        let LinkState::Retrying {
+            addr,
+            error,
+            attempt,
+            since,
+        } = self
+        else {
+            return None;
+        };
+        let failing = since.elapsed();
+        (*attempt >= UNAVAILABLE_AFTER_ATTEMPTS || failing >= UNAVAILABLE_AFTER).then(|| {
+            format!(
+                "source master {addr} is unavailable: {attempt} attempts failed in a row over {}s; \
+                 last error: {error} (ingest keeps retrying in the background)",
+                failing.as_secs()
+            )
+        })
+    }
 }
 
 /// Why a link gave up.
@@ -82,6 +141,8 @@ pub enum FailureKind {
     Disk,
     /// The master answered something a replica cannot work with.
     Protocol,
+    /// The TLS handshake failed in a way retrying will not fix (certificate rejected).
+    Tls,
 }
 
 /// Where the link asks the master to continue when its spool is empty.
@@ -100,10 +161,18 @@ pub struct LinkConfig {
     pub subscriber_id: String,
     /// For logs and metrics.
     pub shard_id: String,
-    /// "host:port" of the master.
+    /// "host:port" of the master. In a cluster the link follows the shard's home in
+    /// `view` instead, starting here.
     pub addr: String,
     /// Credentials of the master.
     pub credentials: Credentials,
+    /// Opens the connection (TLS or plain).
+    pub connector: Connector,
+    /// Cluster sources: where the subscriber's shards live now.
+    pub view: Option<Arc<SourceView>>,
+    /// Cluster sources: where the link's slot watcher records the master's slot states
+    /// (see `resharding`).
+    pub slots: Option<Arc<SlotHistory>>,
     /// Announced with `REPLCONF listening-port` (shown in the master's INFO replication).
     pub listening_port: u16,
     /// Used while the spool is empty: PSYNC from here instead of a full copy.
@@ -133,6 +202,18 @@ impl LinkHandle {
         let stop_rx = StopSignal::new(stop_rx, halt);
         let (state_tx, state) = watch::channel(LinkState::Connecting);
         let span = tracing::info_span!("replica_link", subscriber = %config.subscriber_id, shard = %config.shard_id, master = %config.addr);
+        // The slot watcher lives as long as the link: it records slot states for all the
+        // stream the link receives, also while no subscriber reads.
+        let watcher = match (&config.view, &config.slots) {
+            (Some(view), Some(history)) => Some(SlotWatcher {
+                view: view.clone(),
+                shard_id: config.shard_id.clone(),
+                connector: config.connector.clone(),
+                credentials: config.credentials.clone(),
+                history: history.clone(),
+            }),
+            _ => None,
+        };
         let runner = LinkRunner {
             config,
             spool,
@@ -141,7 +222,20 @@ impl LinkHandle {
             stop: stop_rx,
             getack: GetAckScanner::lost(),
         };
-        let task = tokio::spawn(runner.run().instrument(span));
+        let task = tokio::spawn(
+            async move {
+                match watcher {
+                    Some(w) => {
+                        tokio::select! {
+                            () = runner.run() => {}
+                            () = w.run() => {}
+                        }
+                    }
+                    None => runner.run().await,
+                }
+            }
+            .instrument(span),
+        );
         LinkHandle { stop, state, task }
     }
 
@@ -175,6 +269,8 @@ enum SessionError {
     Refused { addr: String, message: String },
     #[error("master {addr}: {message}")]
     Protocol { addr: String, message: String },
+    #[error("{addr} is no longer a master (role {role}); looking for the shard's new master")]
+    NotMaster { addr: String, role: String },
     #[error("master {addr} sent nothing for {MASTER_SILENCE:?}")]
     Silent { addr: String },
     #[error(transparent)]
@@ -190,6 +286,7 @@ impl SessionError {
             SessionError::Refused { .. } => Some(FailureKind::Protocol),
             SessionError::Spool(SpoolError::Full { .. }) => Some(FailureKind::SpoolFull),
             SessionError::Spool(_) => Some(FailureKind::Disk),
+            SessionError::Conn(e) if e.is_permanent() => Some(FailureKind::Tls),
             _ => None,
         }
     }
@@ -209,13 +306,17 @@ struct LinkRunner {
 impl LinkRunner {
     async fn run(mut self) {
         let mut attempt: u32 = 0;
+        let mut since = Instant::now();
         loop {
             if self.stop.is_set() {
                 break;
             }
-            self.state.send_replace(LinkState::Connecting);
+            if attempt == 0 {
+                self.state.send_replace(LinkState::Connecting);
+            }
             let mut reached_stream = false;
-            let result = self.session(&mut reached_stream).await;
+            let addr = self.addr();
+            let result = self.session(&addr, &mut reached_stream).await;
             self.metrics.link_up.set(0);
             match result {
                 Ok(()) | Err(SessionError::Stopped) => break,
@@ -228,21 +329,31 @@ impl LinkRunner {
                         }));
                         return;
                     }
-                    attempt = if reached_stream {
-                        1
+                    if reached_stream || attempt == 0 {
+                        attempt = 1;
+                        since = Instant::now();
                     } else {
-                        attempt.saturating_add(1)
-                    };
+                        attempt = attempt.saturating_add(1);
+                    }
                     let delay = backoff(attempt);
                     tracing::warn!(error = %e, attempt, retry_in = ?delay, "replica link broke, reconnecting");
                     self.metrics.link_errors.inc();
                     self.state.send_replace(LinkState::Retrying {
+                        addr,
                         error: e.to_string(),
                         attempt,
+                        since,
                     });
+                    let sleep = tokio::time::sleep(delay);
+                    tokio::pin!(sleep);
+                    let mut stop = self.stop.clone();
                     tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = self.stop.requested() => break,
+                        () = self.relocate() => {}
+                        () = stop.requested() => break,
+                    }
+                    tokio::select! {
+                        () = &mut sleep => {}
+                        () = stop.requested() => break,
                     }
                 }
             }
@@ -250,10 +361,53 @@ impl LinkRunner {
         self.state.send_replace(LinkState::Stopped);
     }
 
+    /// The master to talk to: the shard's home in a cluster, the configured address else.
+    fn addr(&self) -> String {
+        self.config
+            .view
+            .as_ref()
+            .and_then(|v| v.home(&self.config.shard_id))
+            .map_or_else(|| self.config.addr.clone(), |h| h.addr)
+    }
+
+    /// Cluster only: finds out whether the shard is served elsewhere now and moves it.
+    async fn relocate(&mut self) {
+        let Some(view) = self.config.view.clone() else {
+            return;
+        };
+        let replid = self
+            .spool
+            .end()
+            .map(|e| e.replid)
+            .or_else(|| self.config.resume_from.as_ref().map(|r| r.replid.clone()));
+        let found = topology::relocate(
+            &view,
+            &self.config.shard_id,
+            &self.config.connector,
+            &self.config.credentials,
+            replid.as_deref(),
+        )
+        .await;
+        let old = view.home(&self.config.shard_id);
+        match found {
+            Ok(Some(home)) if old.as_ref() != Some(&home) => {
+                let moved: Option<&ShardHome> = old.as_ref().filter(|o| o.node_id != home.node_id);
+                if let Some(o) = moved {
+                    tracing::warn!(from = %o.addr, from_node = %o.node_id, to = %home.addr, to_node = %home.node_id, "the shard is served by another master now (failover); continuing its history there");
+                } else {
+                    tracing::info!(addr = %home.addr, slots = home.slots.len(), "shard topology refreshed");
+                }
+                view.set_home(&self.config.shard_id, home);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot rediscover the cluster topology"),
+        }
+    }
+
     /// One connection to the master, until it breaks (`Err`) or a stop is requested (`Ok`).
-    async fn session(&mut self, reached_stream: &mut bool) -> Result<(), SessionError> {
-        let addr = self.config.addr.clone();
-        let mut conn = RedisConn::connect(&addr).await?;
+    async fn session(&mut self, addr: &str, reached_stream: &mut bool) -> Result<(), SessionError> {
+        let addr = addr.to_owned();
+        let mut conn = self.config.connector.connect(&addr).await?;
         let mut writer = self.spool.writer().await?;
 
         // PING first, as a Redis replica does: it proves the other end speaks RESP before
@@ -284,6 +438,18 @@ impl LinkRunner {
             Ok(()) => {}
             Err(AuthError::Conn(e)) => return Err(e.into()),
             Err(e @ AuthError::Refused { .. }) => return Err(SessionError::Auth(e.to_string())),
+        }
+
+        if self.config.view.is_some() {
+            // In a cluster the shard's master may have been demoted by a failover; a replica
+            // would serve us, but only as a detour: find the shard's real master instead.
+            match conn::replication_ids(&mut conn).await {
+                Ok((role, _, _)) if !role.is_empty() && role != "master" => {
+                    return Err(SessionError::NotMaster { addr, role });
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot check the node's role"),
+            }
         }
 
         // The key count is the progress estimate a subscriber sees in SnapshotBegin.
@@ -388,7 +554,7 @@ impl LinkRunner {
                 self.getack = GetAckScanner::default();
                 // After a diskless transfer the master waits for this first ACK before it
                 // sends the stream; after a disk one it does no harm.
-                let (mut rd, mut wr) = socket.into_split();
+                let (mut rd, mut wr) = tokio::io::split(socket);
                 send_ack(&mut wr, &mut writer, &addr).await?;
                 *reached_stream = true;
                 self.stream(&mut rd, &mut wr, &mut writer, buf).await
@@ -413,7 +579,7 @@ impl LinkRunner {
                     self.getack = GetAckScanner::lost();
                 }
                 tracing::info!(%replid, offset = asked.offset, "partial resync");
-                let (mut rd, mut wr) = socket.into_split();
+                let (mut rd, mut wr) = tokio::io::split(socket);
                 *reached_stream = true;
                 self.stream(&mut rd, &mut wr, &mut writer, buf).await
             }
@@ -424,7 +590,7 @@ impl LinkRunner {
     /// PSYNC reply; on return it holds what was read past the snapshot (stream bytes).
     async fn transfer(
         &mut self,
-        socket: &mut TcpStream,
+        socket: &mut NodeStream,
         buf: &mut BytesMut,
         writer: &mut SpoolWriter,
         replid: &str,
@@ -500,8 +666,8 @@ impl LinkRunner {
     /// Spools the command stream until the link breaks or is stopped.
     async fn stream(
         &mut self,
-        rd: &mut tokio::net::tcp::OwnedReadHalf,
-        wr: &mut OwnedWriteHalf,
+        rd: &mut Reader,
+        wr: &mut Writer,
         writer: &mut SpoolWriter,
         mut buf: BytesMut,
     ) -> Result<(), SessionError> {
@@ -547,7 +713,7 @@ impl LinkRunner {
         &mut self,
         chunk: &[u8],
         writer: &mut SpoolWriter,
-        wr: &mut OwnedWriteHalf,
+        wr: &mut Writer,
     ) -> Result<(), SessionError> {
         writer.append(chunk).await?;
         self.metrics.bytes_received.add(chunk.len() as u64);
@@ -567,7 +733,7 @@ impl LinkRunner {
 /// Reads more bytes into `buf`. Fails when a stop was requested, the master closed the
 /// connection or it stayed silent too long.
 async fn read_more(
-    socket: &mut TcpStream,
+    socket: &mut NodeStream,
     buf: &mut BytesMut,
     addr: &str,
     stop: &mut StopSignal,
@@ -586,7 +752,7 @@ async fn read_more(
 
 /// Makes the spooled bytes durable, then tells the master how far we got.
 async fn send_ack(
-    wr: &mut OwnedWriteHalf,
+    wr: &mut Writer,
     writer: &mut SpoolWriter,
     addr: &str,
 ) -> Result<(), SessionError> {
@@ -599,7 +765,12 @@ async fn send_ack(
         &[b"REPLCONF".as_slice(), b"ACK", offset.as_bytes()],
         &mut out,
     );
-    wr.write_all(&out).await.map_err(|source| ConnError::Io {
+    let written = async {
+        wr.write_all(&out).await?;
+        // TLS buffers records; plain TCP flushes nothing.
+        wr.flush().await
+    };
+    written.await.map_err(|source| ConnError::Io {
         addr: addr.to_owned(),
         source,
     })?;

@@ -15,6 +15,8 @@ use redis_sync_resp::Frame;
 use crate::{
     cluster::{self, ClusterMaster},
     conn::{self, AuthError, ConnError, Credentials, RedisConn},
+    tls::Connector,
+    topology,
 };
 
 /// Shard id of a standalone source.
@@ -50,8 +52,12 @@ fn is_auth_reply(err: &str) -> bool {
 }
 
 /// Connects and authenticates, classifying failures as a probe reports them.
-async fn open(addr: &str, credentials: &Credentials) -> Result<RedisConn, ProbeError> {
-    let mut c = RedisConn::connect(addr).await.map_err(|e| conn_error(&e))?;
+async fn open(
+    connector: &Connector,
+    addr: &str,
+    credentials: &Credentials,
+) -> Result<RedisConn, ProbeError> {
+    let mut c = connector.connect(addr).await.map_err(|e| conn_error(&e))?;
     credentials
         .authenticate(&mut c)
         .await
@@ -76,45 +82,20 @@ async fn info(c: &mut RedisConn) -> Result<Vec<(String, String)>, ProbeError> {
 
 /// Masters of a cluster, from any one node.
 pub async fn cluster_masters(c: &mut RedisConn) -> Result<Vec<ClusterMaster>, String> {
-    let reply = c
-        .command(&[b"CLUSTER".as_slice(), b"NODES"])
-        .await
-        .map_err(|e| e.to_string())?;
-    let text = match reply {
-        Frame::Bulk(b) => String::from_utf8_lossy(&b).into_owned(),
-        Frame::Error(e) => {
-            return Err(format!(
-                "CLUSTER NODES answered {}",
-                String::from_utf8_lossy(&e)
-            ));
-        }
-        other => return Err(format!("CLUSTER NODES answered {other:?}")),
-    };
-    let host = c
-        .addr()
-        .rsplit_once(':')
-        .map_or(c.addr(), |(h, _)| h)
-        .to_owned();
-    cluster::parse_cluster_nodes(&text, &host).map_err(|e| e.to_string())
+    Ok(cluster::masters(&topology::cluster_nodes(c).await?))
 }
 
-/// Inspects the source `endpoint`.
-pub async fn probe(endpoint: &RedisEndpoint) -> ProbeSourceResponse {
+/// Inspects the source `endpoint`, connecting with `connector` (its TLS settings).
+pub async fn probe(endpoint: &RedisEndpoint, connector: &Connector) -> ProbeSourceResponse {
     let failed = |error: ProbeError| ProbeSourceResponse {
         error: Some(error),
         ..Default::default()
     };
-    if endpoint.tls.as_ref().is_some_and(|t| t.enabled) {
-        return failed(probe_error(
-            ProbeErrorKind::Protocol,
-            "TLS towards the source is not supported by this ingest",
-        ));
-    }
     let credentials = Credentials {
         username: endpoint.username.clone(),
         password: endpoint.password.clone(),
     };
-    let mut entry = match open(&endpoint.address, &credentials).await {
+    let mut entry = match open(connector, &endpoint.address, &credentials).await {
         Ok(c) => c,
         Err(e) => return failed(e),
     };
@@ -146,8 +127,12 @@ pub async fn probe(endpoint: &RedisEndpoint) -> ProbeSourceResponse {
         (InstanceMode::Standalone, vec![standalone], false)
     };
     drop(entry);
-    let probed: Vec<SourceMaster> =
-        join_all(masters.iter().map(|m| probe_master(m, &credentials))).await;
+    let probed: Vec<SourceMaster> = join_all(
+        masters
+            .iter()
+            .map(|m| probe_master(connector, m, &credentials)),
+    )
+    .await;
     let version = probed
         .iter()
         .map(|m| m.version.as_str())
@@ -168,14 +153,18 @@ fn version_key(v: &str) -> Vec<u64> {
     v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
 }
 
-async fn probe_master(master: &ClusterMaster, credentials: &Credentials) -> SourceMaster {
+async fn probe_master(
+    connector: &Connector,
+    master: &ClusterMaster,
+    credentials: &Credentials,
+) -> SourceMaster {
     let mut out = SourceMaster {
         shard_id: master.id.clone(),
         address: master.addr.clone(),
         slots: master.slots.iter().map(ToString::to_string).collect(),
         ..Default::default()
     };
-    let mut c = match open(&master.addr, credentials).await {
+    let mut c = match open(connector, &master.addr, credentials).await {
         Ok(c) => c,
         Err(e) => {
             out.psync_error = e.message.clone();
@@ -211,7 +200,7 @@ async fn probe_master(master: &ClusterMaster, credentials: &Credentials) -> Sour
         out.modules = module_list(&mut c).await;
     }
     drop(c);
-    match replica_handshake(&master.addr, credentials).await {
+    match replica_handshake(connector, &master.addr, credentials).await {
         Ok(()) => out.psync_allowed = true,
         Err(e) => out.psync_error = e,
     }
@@ -252,8 +241,12 @@ async fn module_list(c: &mut RedisConn) -> Vec<String> {
 }
 
 /// The replica handshake without PSYNC. `Err` carries the server's refusal.
-async fn replica_handshake(addr: &str, credentials: &Credentials) -> Result<(), String> {
-    let mut c = RedisConn::connect(addr).await.map_err(|e| e.to_string())?;
+async fn replica_handshake(
+    connector: &Connector,
+    addr: &str,
+    credentials: &Credentials,
+) -> Result<(), String> {
+    let mut c = connector.connect(addr).await.map_err(|e| e.to_string())?;
     let pong = c
         .command(&[b"PING".as_slice()])
         .await

@@ -13,12 +13,13 @@ use tonic::Status;
 
 use crate::{
     decode::{
-        scripts::ScriptCache,
+        scripts::{ScriptCache, ScriptStore, StoreError},
         snapshot::{SnapshotDecoder, SnapshotError},
         stream::{HeartbeatMatcher, StreamDecoder, StreamError},
     },
     link::{FailureKind, LinkState},
     metrics::ShardMetrics,
+    resharding::{self, SlotHistory},
     spool::{SegmentKind, SegmentMeta, SegmentState, Spool, SpoolError},
     stop::StopSignal,
 };
@@ -59,6 +60,11 @@ pub struct ReaderConfig {
     pub chunk_threshold_bytes: u64,
     /// Recognises this subscriber's heartbeats.
     pub heartbeat: Option<HeartbeatMatcher>,
+    /// The subscriber's script bodies on disk.
+    pub scripts: Option<Arc<ScriptStore>>,
+    /// Cluster sources: the shard's slot states, to recognise the `DEL`s that resharding
+    /// produces (see `resharding`).
+    pub slots: Option<Arc<SlotHistory>>,
 }
 
 /// Sink of a subscription's gRPC stream.
@@ -72,10 +78,14 @@ enum ReaderError {
     Snapshot(#[from] SnapshotError),
     #[error(transparent)]
     Stream(#[from] StreamError),
+    #[error(transparent)]
+    Scripts(#[from] StoreError),
     #[error("spooled data at segment {0} was deleted before it was read")]
     Gone(u64),
     #[error("{0}")]
     Link(String, FailureKind),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("the replica link stopped")]
     LinkStopped,
     #[error("the subscriber went away")]
@@ -88,11 +98,13 @@ impl ReaderError {
     fn status(&self) -> Option<Status> {
         Some(match self {
             ReaderError::Closed | ReaderError::Cancelled => return None,
-            ReaderError::LinkStopped => Status::unavailable(self.to_string()),
+            ReaderError::LinkStopped | ReaderError::Unavailable(_) => {
+                Status::unavailable(self.to_string())
+            }
             ReaderError::Spool(SpoolError::Full { .. }) => {
                 Status::resource_exhausted(self.to_string())
             }
-            ReaderError::Spool(_) => Status::internal(self.to_string()),
+            ReaderError::Spool(_) | ReaderError::Scripts(_) => Status::internal(self.to_string()),
             ReaderError::Snapshot(_) | ReaderError::Stream(_) | ReaderError::Gone(_) => {
                 Status::data_loss(self.to_string())
             }
@@ -101,6 +113,7 @@ impl ReaderError {
                 FailureKind::Authentication => Status::permission_denied(msg.clone()),
                 FailureKind::Disk => Status::internal(msg.clone()),
                 FailureKind::Protocol => Status::failed_precondition(msg.clone()),
+                FailureKind::Tls => Status::failed_precondition(msg.clone()),
             },
         })
     }
@@ -149,6 +162,9 @@ pub async fn run(
         last_sent: None,
         buf: vec![0; READ_CHUNK],
     };
+    if let Some(store) = &reader.cfg.scripts {
+        store.seed(&mut reader.scripts).await;
+    }
     let result = reader.follow(start).await;
     match result {
         Ok(()) => {}
@@ -230,7 +246,9 @@ impl Reader {
                     Decoding::Stream(d) => {
                         d.feed(&self.buf[..n]);
                         while let Some(e) = d.next_event(&mut self.scripts)? {
-                            self.push(e).await?;
+                            if let Some(e) = self.without_moved_keys(e).await? {
+                                self.push(e).await?;
+                            }
                         }
                     }
                 }
@@ -342,8 +360,26 @@ impl Reader {
         Ok(())
     }
 
+    /// Waits for more data. Only called with everything available delivered, so this is
+    /// where a link that keeps failing is reported: the subscriber gets all that was
+    /// spooled first, then `UNAVAILABLE` naming the master and the last error (the link
+    /// goes on retrying; the subscriber subscribes again when it wants to).
     async fn wait(&mut self, changes: &mut watch::Receiver<u64>) -> Result<(), ReaderError> {
+        let unavailable_at = {
+            let state = self.link.borrow();
+            if let Some(msg) = state.unavailable() {
+                return Err(ReaderError::Unavailable(msg));
+            }
+            state.unavailable_at()
+        };
+        let report = async {
+            match unavailable_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = report => Ok(()),
             r = changes.changed() => r.map_err(|_| ReaderError::Cancelled),
             r = self.link.changed() => match r {
                 Ok(()) => Ok(()),
@@ -357,6 +393,42 @@ impl Reader {
             () = self.cancel.requested() => Err(ReaderError::Cancelled),
             () = self.tx.closed() => Err(ReaderError::Closed),
         }
+    }
+
+    /// Cluster sources: drops what a `DEL` says about keys that moved to another master
+    /// rather than went away (see `resharding`). The event's position is still covered by
+    /// the batch's end position, so acknowledging goes on as if it had been sent.
+    async fn without_moved_keys(
+        &mut self,
+        event: ChangeEvent,
+    ) -> Result<Option<ChangeEvent>, ReaderError> {
+        let Some(slots) = self.cfg.slots.clone() else {
+            return Ok(Some(event));
+        };
+        if !resharding::has_del(&event) {
+            return Ok(Some(event));
+        }
+        let (replid, offset) = event
+            .position
+            .as_ref()
+            .map(|p| (p.replid.clone(), p.offset))
+            .unwrap_or_default();
+        let state = slots.state_after(&replid, offset, &mut self.cancel).await;
+        if self.cancel.is_set() {
+            return Err(ReaderError::Cancelled);
+        }
+        let Some(state) = state else {
+            return Ok(Some(event));
+        };
+        let (event, dropped) = resharding::drop_moved_keys(event, &state);
+        if dropped > 0 {
+            tracing::debug!(
+                offset,
+                keys = dropped,
+                "DEL of keys that moved to another master (resharding) not forwarded"
+            );
+        }
+        Ok(event)
     }
 
     async fn push(&mut self, event: ChangeEvent) -> Result<(), ReaderError> {
@@ -399,6 +471,14 @@ impl Reader {
     }
 
     async fn send(&mut self, end: Option<Position>) -> Result<(), ReaderError> {
+        // Script bodies this batch revealed go to disk first: once the subscriber has
+        // acknowledged the batch, a later EVALSHA may only find its body there.
+        let fresh = self.scripts.take_fresh();
+        if let Some(store) = &self.cfg.scripts
+            && !fresh.is_empty()
+        {
+            store.persist(fresh).await?;
+        }
         let events = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         let n = events.len() as u64;

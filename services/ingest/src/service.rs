@@ -10,7 +10,7 @@ use redis_sync_telemetry::Metrics;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::{config::IngestConfig, probe, subscription::Registry};
+use crate::{config::IngestConfig, probe, subscription::Registry, tls::Connector};
 
 /// The IngestService implementation.
 #[derive(Debug, Clone)]
@@ -46,7 +46,9 @@ impl IngestService for IngestApi {
         if source.address.is_empty() {
             return Err(Status::invalid_argument("source.address is required"));
         }
-        Ok(Response::new(probe::probe(&source).await))
+        let connector = Connector::from_settings(source.tls.as_ref())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(probe::probe(&source, &connector).await))
     }
 
     type SubscribeStream = EventStream;

@@ -13,7 +13,8 @@ use std::{
 };
 
 use redis_sync_proto::v1::{
-    AcknowledgeRequest, InstanceMode, Position, RedisEndpoint, SubscribeRequest, SubscribeResponse,
+    AcknowledgeRequest, InstanceMode, Position, RedisEndpoint, RedisTls, ShardPosition,
+    SubscribeRequest, SubscribeResponse,
 };
 use tokio::{
     sync::{mpsc, watch},
@@ -25,17 +26,20 @@ use tonic::Status;
 use tracing::Instrument;
 
 use crate::{
-    cluster::{self, ClusterMaster},
+    cluster::{self, NodeInfo},
     config::IngestConfig,
-    conn::{AuthError, Credentials, RedisConn},
-    decode::stream::HeartbeatMatcher,
+    conn::{self, AuthError, ConnError, Credentials},
+    decode::{scripts::ScriptStore, stream::HeartbeatMatcher},
     heartbeat::{self, HeartbeatTarget},
     link::{LinkConfig, LinkHandle, ResumeFrom},
     metrics::ShardMetrics,
-    probe::{self, STANDALONE_SHARD},
+    probe::STANDALONE_SHARD,
     reader::{self, ReaderConfig, StartAt},
+    resharding::SlotHistory,
     spool::{Spool, SpoolBudget},
     stop::StopSignal,
+    tls::Connector,
+    topology::{self, ShardHome, SourceView},
 };
 
 /// Links of a subscriber without a subscription stop after this long.
@@ -60,12 +64,16 @@ struct Subscriber {
     id: String,
     dir: PathBuf,
     budget: Arc<SpoolBudget>,
+    /// Where the shards live now (cluster sources); outlives subscriptions like the links.
+    view: Arc<SourceView>,
     state: tokio::sync::Mutex<SubscriberState>,
 }
 
 #[derive(Debug, Default)]
 struct SubscriberState {
     shards: BTreeMap<String, Shard>,
+    /// Script bodies seen in any shard, on disk (opened at the first subscription).
+    scripts: Option<Arc<ScriptStore>>,
     active: Option<Active>,
     idle_since: Option<Instant>,
 }
@@ -74,14 +82,18 @@ struct SubscriberState {
 struct Shard {
     spool: Arc<Spool>,
     metrics: ShardMetrics,
+    /// Slot states of the shard's master by offset (cluster), kept across links.
+    slots: Arc<SlotHistory>,
     link: Option<(LinkHandle, LinkTarget)>,
 }
 
-/// Which master a link talks to, with which credentials: a change means a new link.
+/// Which master a link talks to, with which credentials and TLS settings: a change means
+/// a new link. In a cluster `addr` is empty: the link follows its shard on its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LinkTarget {
     addr: String,
     credentials: Credentials,
+    tls: Option<RedisTls>,
 }
 
 #[derive(Debug)]
@@ -118,11 +130,10 @@ impl Active {
 /// One shard of the source as discovered now.
 #[derive(Debug, Clone)]
 struct ShardTarget {
+    /// Shard id: the history's name (see `topology`).
     id: String,
+    /// "host:port" of the master serving it now.
     addr: String,
-    /// Cluster only: slots owned, for the heartbeat's hash tag.
-    slots: Vec<cluster::SlotRange>,
-    cluster: bool,
 }
 
 fn invalid(msg: impl Into<String>) -> Status {
@@ -186,6 +197,7 @@ impl Registry {
                     id: id.to_owned(),
                     dir: self.config.spool_dir.join(id),
                     budget: SpoolBudget::new(self.config.spool_max_bytes),
+                    view: Arc::default(),
                     state: tokio::sync::Mutex::default(),
                 })
             })
@@ -204,6 +216,7 @@ impl Registry {
         Ok(Shard {
             spool,
             metrics,
+            slots: Arc::default(),
             link: None,
         })
     }
@@ -218,11 +231,9 @@ impl Registry {
         if source.address.is_empty() {
             return Err(invalid("source.address is required"));
         }
-        if source.tls.as_ref().is_some_and(|t| t.enabled) {
-            return Err(Status::unimplemented(
-                "TLS towards the source is not supported by this ingest",
-            ));
-        }
+        let tls = source.tls.clone().filter(|t| t.enabled);
+        let connector =
+            Connector::from_settings(tls.as_ref()).map_err(|e| invalid(e.to_string()))?;
         let mode = InstanceMode::try_from(source.mode).unwrap_or(InstanceMode::Unspecified);
         if mode == InstanceMode::Unspecified {
             return Err(invalid("source.mode must be STANDALONE or CLUSTER"));
@@ -242,9 +253,32 @@ impl Registry {
                 )))
                 .await;
         }
-        let targets = discover(mode, &source.address, &creds)
-            .instrument(span.clone())
-            .await?;
+        let scripts = match &st.scripts {
+            Some(s) => s.clone(),
+            None => {
+                tokio::fs::create_dir_all(&sub.dir)
+                    .await
+                    .map_err(|e| Status::internal(format!("{}: {e}", sub.dir.display())))?;
+                // A name no shard id can take (ids never start with a dot).
+                let store = ScriptStore::open(sub.dir.join(".scripts"))
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                st.scripts = Some(store.clone());
+                store
+            }
+        };
+        let known: Vec<String> = st.shards.keys().cloned().collect();
+        let targets = discover(
+            mode,
+            &source.address,
+            &creds,
+            &connector,
+            &sub.view,
+            &known,
+            &req.start,
+        )
+        .instrument(span.clone())
+        .await?;
 
         // Shards that no longer exist (topology changed): their history cannot continue.
         let gone: Vec<String> = st
@@ -262,6 +296,7 @@ impl Registry {
                 let _ = shard.spool.reset().await;
                 let _ = tokio::fs::remove_dir_all(shard.spool.dir()).await;
             }
+            sub.view.remove(&id);
         }
 
         let (tx, rx) = mpsc::channel(2 + targets.len());
@@ -296,12 +331,32 @@ impl Registry {
                 .iter()
                 .find(|s| s.shard_id == target.id)
                 .and_then(|s| s.position.clone());
+            let cluster_view = (mode == InstanceMode::Cluster).then(|| sub.view.clone());
             let link_target = LinkTarget {
-                addr: target.addr.clone(),
+                addr: if cluster_view.is_some() {
+                    String::new()
+                } else {
+                    target.addr.clone()
+                },
                 credentials: creds.clone(),
+                tls: tls.clone(),
+            };
+            let slots = cluster_view.as_ref().map(|_| shard.slots.clone());
+            let link_setup = LinkSetup {
+                addr: target.addr.clone(),
+                connector: connector.clone(),
+                view: cluster_view.clone(),
+                slots: slots.clone(),
             };
             let start = self
-                .prepare_shard(&sub.id, &target.id, shard, link_target, position)
+                .prepare_shard(
+                    &sub.id,
+                    &target.id,
+                    shard,
+                    link_target,
+                    link_setup,
+                    position,
+                )
                 .instrument(tracing::info_span!(parent: &span, "shard", shard = %target.id))
                 .await?;
             let Some((link, _)) = &shard.link else {
@@ -312,6 +367,8 @@ impl Registry {
                 max_batch_events: self.config.max_batch_events,
                 chunk_threshold_bytes: chunk_threshold,
                 heartbeat: Some(HeartbeatMatcher::new(&prefix, &sub.id)),
+                scripts: Some(scripts.clone()),
+                slots,
             };
             let reader_span =
                 tracing::info_span!("shard_reader", subscriber = %sub.id, shard = %target.id);
@@ -328,11 +385,12 @@ impl Registry {
                 .instrument(reader_span),
             ));
             if !hb.disabled {
-                let key = heartbeat_key(&prefix, &sub.id, target)?;
                 let hb_target = HeartbeatTarget {
                     addr: target.addr.clone(),
                     credentials: creds.clone(),
-                    key,
+                    connector: connector.clone(),
+                    key_base: format!("{prefix}:{}", sub.id),
+                    cluster: cluster_view.map(|v| (v, target.id.clone())),
                     interval: Duration::from_millis(u64::from(interval_ms)),
                 };
                 let hb_span =
@@ -350,6 +408,20 @@ impl Registry {
                     .instrument(hb_span),
                 ));
             }
+        }
+        if mode == InstanceMode::Cluster {
+            let monitor = TopologyMonitor {
+                view: sub.view.clone(),
+                connector: connector.clone(),
+                credentials: creds.clone(),
+            };
+            let stop = self.halt_signal(cancel_rx.clone());
+            let events = tx.clone();
+            tasks.push(tokio::spawn(
+                monitor
+                    .run(events, stop)
+                    .instrument(tracing::info_span!("topology", subscriber = %sub.id)),
+            ));
         }
         st.active = Some(Active {
             cancel,
@@ -369,6 +441,7 @@ impl Registry {
         shard_id: &str,
         shard: &mut Shard,
         target: LinkTarget,
+        setup: LinkSetup,
         position: Option<Position>,
     ) -> Result<StartAt, Status> {
         if shard.link.as_ref().is_some_and(|(_, t)| *t != target) {
@@ -380,8 +453,11 @@ impl Registry {
         let fresh = |resume_from: Option<ResumeFrom>, reason: String| LinkConfig {
             subscriber_id: subscriber_id.to_owned(),
             shard_id: shard_id.to_owned(),
-            addr: target.addr.clone(),
+            addr: setup.addr.clone(),
             credentials: target.credentials.clone(),
+            connector: setup.connector.clone(),
+            view: setup.view.clone(),
+            slots: setup.slots.clone(),
             listening_port: self.config.common.listen.port(),
             resume_from,
             first_sync_reason: reason,
@@ -405,6 +481,7 @@ impl Registry {
                             .set(i64::try_from(shard.spool.bytes()).unwrap_or(i64::MAX));
                         self.ensure_link(
                             shard,
+                            target.clone(),
                             fresh(
                                 None,
                                 "ingest's spool no longer continues the source's history".into(),
@@ -424,7 +501,8 @@ impl Registry {
                             "the snapshot {}:{} being copied is no longer in ingest's spool",
                             p.replid, p.offset
                         );
-                        self.restart_link(shard, fresh(None, reason)).await?;
+                        self.restart_link(shard, target.clone(), fresh(None, reason))
+                            .await?;
                         StartAt {
                             segment: None,
                             byte: 0,
@@ -441,8 +519,12 @@ impl Registry {
                             replid: p.replid.clone(),
                             offset: p.offset,
                         };
-                        self.restart_link(shard, fresh(Some(resume), "first sync".into()))
-                            .await?;
+                        self.restart_link(
+                            shard,
+                            target.clone(),
+                            fresh(Some(resume), "first sync".into()),
+                        )
+                        .await?;
                         StartAt {
                             segment: None,
                             byte: 0,
@@ -454,7 +536,7 @@ impl Registry {
                 }
             }
             None if shard.spool.starts_with_snapshot() => {
-                self.ensure_link(shard, fresh(None, "first sync".into()));
+                self.ensure_link(shard, target.clone(), fresh(None, "first sync".into()));
                 let first = shard.spool.first_segment();
                 StartAt {
                     segment: first,
@@ -465,7 +547,7 @@ impl Registry {
                 }
             }
             None => {
-                self.restart_link(shard, fresh(None, "first sync".into()))
+                self.restart_link(shard, target.clone(), fresh(None, "first sync".into()))
                     .await?;
                 StartAt {
                     segment: None,
@@ -480,14 +562,10 @@ impl Registry {
     }
 
     /// Keeps a running link; starts one when there is none or it gave up.
-    fn ensure_link(&self, shard: &mut Shard, config: LinkConfig) {
+    fn ensure_link(&self, shard: &mut Shard, target: LinkTarget, config: LinkConfig) {
         if shard.link.as_ref().is_some_and(|(l, _)| !l.is_finished()) {
             return;
         }
-        let target = LinkTarget {
-            addr: config.addr.clone(),
-            credentials: config.credentials.clone(),
-        };
         let link = LinkHandle::start(
             config,
             shard.spool.clone(),
@@ -498,7 +576,12 @@ impl Registry {
     }
 
     /// Stops the link, empties the spool and starts a new link.
-    async fn restart_link(&self, shard: &mut Shard, config: LinkConfig) -> Result<(), Status> {
+    async fn restart_link(
+        &self,
+        shard: &mut Shard,
+        target: LinkTarget,
+        config: LinkConfig,
+    ) -> Result<(), Status> {
         if let Some((link, _)) = shard.link.take() {
             link.stop().await;
         }
@@ -507,7 +590,7 @@ impl Registry {
             .reset()
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        self.ensure_link(shard, config);
+        self.ensure_link(shard, target, config);
         Ok(())
     }
 
@@ -650,58 +733,239 @@ impl Registry {
     }
 }
 
-fn heartbeat_key(
-    prefix: &str,
-    subscriber_id: &str,
-    target: &ShardTarget,
-) -> Result<String, Status> {
-    if !target.cluster {
-        return Ok(format!("{prefix}:{subscriber_id}"));
-    }
-    let tag = cluster::hash_tag_for(&target.slots).ok_or_else(|| {
-        Status::internal(format!("no hash tag found for the slots of {}", target.id))
-    })?;
-    Ok(format!("{prefix}:{subscriber_id}:{{{tag}}}"))
+/// How often a cluster subscription checks for masters it does not follow.
+const TOPOLOGY_CHECK: Duration = Duration::from_secs(3);
+
+/// Watches a cluster subscription's source for masters that own slots but are no shard's
+/// home: a master added by scaling out and given slots by resharding. Its writes would
+/// be missed (and the keys migrated to it are kept by dropping the old owner's `DEL`s,
+/// see `resharding`, but not updated), so the subscription ends with `UNAVAILABLE`
+/// naming it; the next `Subscribe` discovers it as a new shard. A master seen only once
+/// is given one more check: after a failover the link moves its shard to the promoted
+/// replica within seconds, which is not a new shard.
+struct TopologyMonitor {
+    view: Arc<SourceView>,
+    connector: Connector,
+    credentials: Credentials,
 }
 
-/// The source's shards: the node itself, or the cluster's masters that own slots.
+impl TopologyMonitor {
+    async fn run(
+        self,
+        events: mpsc::Sender<Result<SubscribeResponse, Status>>,
+        mut stop: StopSignal,
+    ) {
+        let mut seen_before: Vec<String> = Vec::new();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(TOPOLOGY_CHECK) => {}
+                () = stop.requested() => return,
+                () = events.closed() => return,
+            }
+            let unfollowed = self.unfollowed().await;
+            if unfollowed.is_empty() {
+                seen_before.clear();
+                continue;
+            }
+            let ids: Vec<String> = unfollowed.iter().map(|m| m.id.clone()).collect();
+            if ids.iter().any(|id| !seen_before.contains(id)) {
+                seen_before = ids;
+                continue;
+            }
+            let names: Vec<String> = unfollowed
+                .iter()
+                .map(|m| format!("{} at {} ({} slot ranges)", m.id, m.addr, m.slots.len()))
+                .collect();
+            let message = format!(
+                "the source cluster has masters this subscription does not follow yet: {}; \
+                 subscribe again to add them as shards",
+                names.join(", ")
+            );
+            tracing::warn!(%message, "topology changed");
+            tokio::select! {
+                _ = events.send(Err(Status::unavailable(message))) => {}
+                () = stop.requested() => {}
+            }
+            return;
+        }
+    }
+
+    /// Masters owning slots that are no shard's home (empty when no node answers).
+    async fn unfollowed(&self) -> Vec<cluster::ClusterMaster> {
+        let seeds = self.view.seeds();
+        let answers = topology::survey(
+            &self.connector,
+            &self.credentials,
+            &seeds[..seeds.len().min(2)],
+        )
+        .await;
+        let Some(nodes) = answers.first() else {
+            return Vec::new();
+        };
+        cluster::masters(nodes)
+            .into_iter()
+            .filter(|m| self.view.shard_of_node(&m.id).is_none())
+            .collect()
+    }
+}
+
+/// How a shard's link connects, besides what [`LinkTarget`] compares.
+#[derive(Debug, Clone)]
+struct LinkSetup {
+    addr: String,
+    connector: Connector,
+    view: Option<Arc<SourceView>>,
+    slots: Option<Arc<SlotHistory>>,
+}
+
+fn unavailable(e: &ConnError) -> Status {
+    if e.is_permanent() {
+        Status::failed_precondition(e.to_string())
+    } else {
+        Status::unavailable(e.to_string())
+    }
+}
+
+/// Most nodes tried, one after the other, to read a cluster's topology at subscribe time.
+const DISCOVER_TRIES: usize = 4;
+
+/// The source's shards: the node itself, or the cluster's masters that own slots, each
+/// under the shard id of the history it serves (see `topology`): a master keeps the id of
+/// the shard it serves already (also after a failover moved the shard to it), or takes the
+/// id of a start position whose replid it continues (a failover while ingest was down),
+/// or else is a new shard named after its node id.
 async fn discover(
     mode: InstanceMode,
     address: &str,
     creds: &Credentials,
+    connector: &Connector,
+    view: &SourceView,
+    known_shards: &[String],
+    start: &[ShardPosition],
 ) -> Result<Vec<ShardTarget>, Status> {
     if mode != InstanceMode::Cluster {
         return Ok(vec![ShardTarget {
             id: STANDALONE_SHARD.to_owned(),
             addr: address.to_owned(),
-            slots: Vec::new(),
-            cluster: false,
         }]);
     }
-    let mut c = RedisConn::connect(address)
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
-    creds.authenticate(&mut c).await.map_err(|e| match e {
-        AuthError::Conn(c) => Status::unavailable(c.to_string()),
-        e @ AuthError::Refused { .. } => Status::permission_denied(e.to_string()),
-    })?;
-    let masters: Vec<ClusterMaster> = probe::cluster_masters(&mut c)
-        .await
-        .map_err(Status::failed_precondition)?;
+    let nodes = cluster_topology(address, creds, connector, view).await?;
+    view.learn(&nodes);
+    view.add_seed(address);
+    let masters = cluster::masters(&nodes);
     if masters.is_empty() {
         return Err(Status::failed_precondition(format!(
             "cluster at {address} has no master that owns slots"
         )));
     }
-    Ok(masters
-        .into_iter()
-        .map(|m| ShardTarget {
-            id: m.id,
-            addr: m.addr,
-            slots: m.slots,
-            cluster: true,
-        })
-        .collect())
+    let mut used: Vec<String> = Vec::new();
+    let mut assigned: Vec<Option<String>> = vec![None; masters.len()];
+    for (i, m) in masters.iter().enumerate() {
+        let id = match view.shard_of_node(&m.id) {
+            Some(shard) => Some(shard),
+            None if known_shards.contains(&m.id) || start.iter().any(|p| p.shard_id == m.id) => {
+                Some(m.id.clone())
+            }
+            None => None,
+        };
+        if let Some(id) = id.filter(|id| !used.contains(id)) {
+            used.push(id.clone());
+            assigned[i] = Some(id);
+        }
+    }
+    // Start positions of shards no master is known for: the history may go on at a master
+    // that was a replica when the position was taken.
+    let orphans: Vec<&ShardPosition> = start
+        .iter()
+        .filter(|p| !used.contains(&p.shard_id) && p.position.is_some())
+        .collect();
+    if !orphans.is_empty() {
+        for (i, m) in masters.iter().enumerate() {
+            if assigned[i].is_some() {
+                continue;
+            }
+            let ids = match topology::open(connector, creds, &m.addr).await {
+                Ok(mut c) => conn::replication_ids(&mut c).await.ok(),
+                Err(_) => None,
+            };
+            let Some((_, replid, replid2)) = ids else {
+                continue;
+            };
+            let found = orphans.iter().find(|p| {
+                !used.contains(&p.shard_id)
+                    && p.position.as_ref().is_some_and(|pos| {
+                        !pos.replid.is_empty() && (pos.replid == replid || pos.replid == replid2)
+                    })
+            });
+            if let Some(p) = found {
+                tracing::info!(shard = %p.shard_id, node = %m.id, addr = %m.addr, "the shard's history continues at another master (failover)");
+                used.push(p.shard_id.clone());
+                assigned[i] = Some(p.shard_id.clone());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (m, id) in masters.into_iter().zip(assigned) {
+        let id = match id {
+            Some(id) => id,
+            None => {
+                // A new shard, named after its node, unless that name already belongs to
+                // another history (the node served a shard that has moved on since).
+                let mut id = m.id.clone();
+                let mut n = 1;
+                while used.contains(&id) {
+                    n += 1;
+                    id = format!("{}.{n}", m.id);
+                }
+                used.push(id.clone());
+                id
+            }
+        };
+        view.set_home(
+            &id,
+            ShardHome {
+                node_id: m.id.clone(),
+                addr: m.addr.clone(),
+                slots: m.slots.clone(),
+            },
+        );
+        out.push(ShardTarget { id, addr: m.addr });
+    }
+    Ok(out)
+}
+
+/// `CLUSTER NODES` from `address`, or from another node this subscriber knows when that
+/// one does not answer.
+async fn cluster_topology(
+    address: &str,
+    creds: &Credentials,
+    connector: &Connector,
+    view: &SourceView,
+) -> Result<Vec<NodeInfo>, Status> {
+    let mut first_error = None;
+    let mut tried = vec![address.to_owned()];
+    tried.extend(view.seeds().into_iter().filter(|s| s != address));
+    for addr in tried.iter().take(DISCOVER_TRIES) {
+        let attempt = async {
+            let mut c = connector.connect(addr).await.map_err(|e| unavailable(&e))?;
+            creds.authenticate(&mut c).await.map_err(|e| match e {
+                AuthError::Conn(c) => unavailable(&c),
+                e @ AuthError::Refused { .. } => Status::permission_denied(e.to_string()),
+            })?;
+            topology::cluster_nodes(&mut c)
+                .await
+                .map_err(Status::failed_precondition)
+        };
+        match attempt.await {
+            Ok(nodes) => return Ok(nodes),
+            // Wrong credentials or settings are the same on every node.
+            Err(s) if s.code() != tonic::Code::Unavailable => return Err(s),
+            Err(s) => {
+                first_error.get_or_insert(s);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| Status::unavailable(format!("{address}: unreachable"))))
 }
 
 #[cfg(test)]
@@ -738,12 +1002,16 @@ mod tests {
             let target = LinkTarget {
                 addr: "127.0.0.1:1".into(),
                 credentials: Credentials::default(),
+                tls: None,
             };
             let config = LinkConfig {
                 subscriber_id: "idle".into(),
                 shard_id: "standalone".into(),
                 addr: target.addr.clone(),
                 credentials: Credentials::default(),
+                connector: Connector::plain(),
+                view: None,
+                slots: None,
                 listening_port: 0,
                 resume_from: None,
                 first_sync_reason: "first sync".into(),

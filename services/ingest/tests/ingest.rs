@@ -1153,6 +1153,68 @@ async fn scripts_travel_with_the_snapshot_and_evalsha() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_bodies_outlive_an_ingest_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "return redis.call('set', KEYS[1], ARGV[1])";
+    let server = server(RedisVersion::V3_2, &[]);
+    let source = endpoint(&server.addr(), InstanceMode::Standalone);
+    let ingest = RunningIngest::start(dir.path()).await;
+    let mut client = ingest.client().await;
+    let mut sub = Subscription::open(
+        &mut client,
+        request("scripts-restart", source.clone(), vec![], None),
+    )
+    .await;
+    sub.until("snapshot end", WAIT, |s| s.count(is_end) == 1)
+        .await;
+    let sha = cmd(&server, &["SCRIPT", "LOAD", body])
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The first ones carry the body (SCRIPT LOAD, or EVALSHA rewritten to EVAL); from
+    // then on the master sends EVALSHA alone.
+    cmd(&server, &["EVALSHA", &sha, "1", "k1", "v1"]);
+    cmd(&server, &["EVALSHA", &sha, "1", "k2", "v2"]);
+    caught_up(&mut sub, &server, "standalone").await;
+    let verbatim = |s: &Subscription| {
+        s.events.iter().position(|g| {
+            matches!(&g.event.kind, Some(Kind::Command(c)) if c.name.eq_ignore_ascii_case(b"evalsha"))
+        })
+    };
+    let first_evalsha = verbatim(&sub).expect("an EVALSHA sent as such");
+    let before = sub.events[first_evalsha - 1]
+        .event
+        .position
+        .clone()
+        .unwrap();
+    acknowledge(&mut client, "scripts-restart", "standalone", before.clone()).await;
+    drop(sub);
+    ingest.stop().await;
+
+    // A new ingest starts reading after everything that carried the body.
+    let ingest = RunningIngest::start(dir.path()).await;
+    let mut client = ingest.client().await;
+    let start = vec![redis_sync_proto::v1::ShardPosition {
+        shard_id: "standalone".into(),
+        position: Some(before),
+    }];
+    let mut sub =
+        Subscription::open(&mut client, request("scripts-restart", source, start, None)).await;
+    caught_up(&mut sub, &server, "standalone").await;
+    let i = verbatim(&sub).expect("the EVALSHA again");
+    let Some(Kind::Command(c)) = &sub.events[i].event.kind else {
+        panic!()
+    };
+    assert_eq!(c.script_body, body.as_bytes(), "{:?}", sub.summary());
+    assert!(
+        !sub.events[..i].iter().any(|g| matches!(&g.event.kind, Some(Kind::Command(c)) if c.name.eq_ignore_ascii_case(b"eval") || c.name.eq_ignore_ascii_case(b"script"))),
+        "the body did not come from the stream again: {:?}",
+        sub.summary()
+    );
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn getack_is_answered_at_once_and_wrong_credentials_fail_the_subscription() {
     let dir = tempfile::tempdir().unwrap();
     let server = RedisServer::builder(RedisVersion::V7_0)

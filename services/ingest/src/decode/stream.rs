@@ -280,10 +280,21 @@ impl StreamDecoder {
             }
             _ => {}
         }
+        let mut args: Vec<Vec<u8>> = args.into_iter().map(|a| a.to_vec()).collect();
+        if lower == b"restore-asking"
+            && !args
+                .iter()
+                .skip(3)
+                .any(|a| a.eq_ignore_ascii_case(b"replace"))
+        {
+            // A key arriving by resharding (see `resharding`): the destination may still
+            // hold the copy from the old owner's history; the value restored here wins.
+            args.push(b"REPLACE".to_vec());
+        }
         Command {
             db: self.db,
             name: name.to_vec(),
-            args: args.into_iter().map(|a| a.to_vec()).collect(),
+            args,
             key_indexes,
             script_body,
         }
@@ -427,6 +438,33 @@ mod tests {
         let events = all(&mut d, &mut s);
         assert_eq!(events[0].position.as_ref().unwrap().replid, "old");
         assert_eq!(events[1].position.as_ref().unwrap().replid, "new");
+    }
+
+    #[test]
+    fn restore_asking_replaces() {
+        let mut stream = cmd(&[b"RESTORE-ASKING", b"k", b"0", b"payload"]);
+        stream.extend(cmd(&[
+            b"RESTORE-ASKING",
+            b"k",
+            b"0",
+            b"payload",
+            b"replace",
+        ]));
+        let mut d = StreamDecoder::new("r".into(), 0, 0, None);
+        d.feed(&stream);
+        let events = all(&mut d, &mut ScriptCache::default());
+        for e in &events {
+            let Some(Kind::Command(c)) = &e.kind else {
+                panic!()
+            };
+            let replaces = c
+                .args
+                .iter()
+                .filter(|a| a.eq_ignore_ascii_case(b"replace"))
+                .count();
+            assert_eq!((replaces, c.key_indexes.as_slice()), (1, &[0u32][..]));
+        }
+        assert_eq!(d.resume_position().offset, stream.len() as u64);
     }
 
     #[test]
