@@ -375,5 +375,8 @@ fn empty_string_over_a_tiny_threshold_is_not_lost() {
     parser.finish().expect("complete");
     assert_eq!(chunks.len(), 1, "{chunks:?}");
     assert!(chunks[0].last && chunks[0].key.is_empty());
-    assert_eq!(chunks[0].part, redis_sync_rdb::Value::String(bytes::Bytes::new()));
+    assert_eq!(
+        chunks[0].part,
+        redis_sync_rdb::Value::String(bytes::Bytes::new())
+    );
 }
