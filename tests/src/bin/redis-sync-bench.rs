@@ -242,8 +242,8 @@ struct Peaks {
 
 impl SyncRun {
     async fn start(source: &RedisServer, destination: &RedisServer) -> Result<Self, BoxError> {
-        let ingest = ServiceProcess::ingest(&["--metrics-listen", "off"])?;
-        let apply = ServiceProcess::apply(&ingest.endpoint(), &["--metrics-listen", "off"])?;
+        let ingest = ServiceProcess::ingest(&[])?;
+        let apply = ServiceProcess::apply(&ingest.endpoint(), &[])?;
         ingest.wait_healthy().await?;
         apply.wait_healthy().await?;
         let mut client = TaskServiceClient::connect(apply.endpoint()).await?;
