@@ -824,6 +824,20 @@ impl ShardWriter {
         let Some(end) = end else {
             return Ok(report);
         };
+        // An empty batch only moves the position forward within the history already being
+        // applied. One that points into a snapshot whose SnapshotBegin has not been applied
+        // yet must not be checkpointed: the SnapshotBegin would then look like a resumed
+        // copy and skip what a new copy does first (emptying the task's dbs under INTERCEPT,
+        // so keys deleted on the source during the gap do not survive).
+        if batch.events.is_empty() && end.in_snapshot {
+            let known = self
+                .current
+                .as_ref()
+                .is_some_and(|p| p.in_snapshot && p.replid == end.replid && p.offset == end.offset);
+            if !known {
+                return Ok(report);
+            }
+        }
         let mut translated = Vec::with_capacity(batch.events.len());
         let mut failed = None;
         for e in &batch.events {

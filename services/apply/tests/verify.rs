@@ -405,26 +405,43 @@ async fn own_checkpoint_and_heartbeat_keys_are_ignored() -> TestResult {
         0,
         &["SET", "DTS_REDIS_TIMESTAMP_HEARTBEAT:task-7:{0}", "900"],
     )?;
-    // Another task's heartbeat is data like any other.
+    // Another task's heartbeat only on the destination (say, a task that reads the
+    // destination as its source): the tool's key, not this task's data.
     on(
         &dest,
         0,
         &["SET", "DTS_REDIS_TIMESTAMP_HEARTBEAT:task-70", "900"],
     )?;
     let r = verify(TASK, &spec(&source, &dest), quick()).await?;
+    assert_eq!(r.differences, 0, "{r:#?}");
+    assert_eq!(
+        (r.source_keys, r.destination_keys),
+        (2 * DATASET_KEYS, 2 * DATASET_KEYS)
+    );
+    // On the source it is data to this task (an upstream task in a cascade): its
+    // presence is compared, not its ever-changing value.
+    on(
+        &source,
+        0,
+        &["SET", "DTS_REDIS_TIMESTAMP_HEARTBEAT:task-70", "1000"],
+    )?;
+    let r = verify(TASK, &spec(&source, &dest), quick()).await?;
+    assert_eq!(r.differences, 0, "{r:#?}");
+    on(&dest, 0, &["DEL", "DTS_REDIS_TIMESTAMP_HEARTBEAT:task-70"])?;
+    let r = verify(TASK, &spec(&source, &dest), quick()).await?;
     only(
         &r,
         0,
         "DTS_REDIS_TIMESTAMP_HEARTBEAT:task-70",
-        DifferenceKind::Extra,
+        DifferenceKind::Missing,
     );
-    assert_eq!(
-        (r.source_keys, r.destination_keys),
-        (2 * DATASET_KEYS, 2 * DATASET_KEYS + 1)
-    );
+    on(
+        &source,
+        0,
+        &["DEL", "DTS_REDIS_TIMESTAMP_HEARTBEAT:task-70"],
+    )?;
 
     // A custom prefix replaces the default one.
-    on(&dest, 0, &["DEL", "DTS_REDIS_TIMESTAMP_HEARTBEAT:task-70"])?;
     on(&dest, 1, &["SET", "hb:task-7", "1"])?;
     let mut spec = spec(&source, &dest);
     spec.heartbeat = Some(HeartbeatOptions {
