@@ -26,7 +26,8 @@ async fn check_operable(mut svc: ServiceProcess, service: &str, message: &str) {
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     ] {
-        assert!(out.contains(s), "grpcurl list lacks {s}: {out}");
+        let listed = out.lines().filter(|l| l.trim() == s).count();
+        assert_eq!(listed, 1, "grpcurl list should name {s} once: {out}");
     }
 
     let (ok, out) = run_grpcurl(&["-plaintext", &addr, "describe", message]);

@@ -186,8 +186,6 @@ pub fn reflection(
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection")
-            .with_service_name("grpc.reflection.v1.ServerReflection")
-            .with_service_name("grpc.reflection.v1alpha.ServerReflection")
     };
     // Both builders only fail on a malformed descriptor set, which is generated at build
     // time from our own protos and the health crate's: a failure is a build bug.
