@@ -277,3 +277,30 @@ async fn heartbeat_is_not_a_difference_and_does_not_outlive_the_task() {
         "the heartbeat key carries a TTL so it does not outlive the task: {ttl}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_to_standalone() {
+    let (_ingest, apply) = services().await;
+    let mut client = task_client(apply.endpoint()).await;
+    let source = RedisCluster::start(RedisVersion::V7_0, 3, 0).unwrap();
+    let destination = RedisServer::start(RedisVersion::V7_0).unwrap();
+    seed(&source, "{p}");
+    seed(&source, "{q}");
+    let id = create_and_start(
+        &mut client,
+        spec(
+            "from-cluster",
+            cluster(source.addrs()[0].clone()),
+            standalone(destination.addr()),
+        ),
+    )
+    .await;
+    wait_state(&mut client, &id, TaskState::Synchronizing, SYNC_TIMEOUT).await;
+    workload(&source, "{p}");
+    workload(&source, "{q}");
+    let report = verify_until_equal(&mut client, &id, SYNC_TIMEOUT).await;
+    assert_eq!(report.differences, 0, "{report:#?}");
+    // Every master's keys landed in the one destination database.
+    let counter = destination.cmd_str(&["GET", "{q}:counter"]).unwrap();
+    assert_eq!(counter.as_str(), Some("100"));
+}
