@@ -1251,21 +1251,12 @@ async fn kill_during_full_copy(env: &mut Env, run: &mut Run, which: Service, fir
     }
     // The copy resumed where it was (one snapshot): the status says so too. An operator
     // watching the progress must not see it fall back to zero, nor lose the estimate.
-    // Known limitation, reported in the README: when *apply* restarts, the progress of the
-    // resumed copy is not restored (the estimate lives only in the runner's memory; the
-    // data resumes from the checkpoint, which the checks above assert). When ingest
-    // restarts, apply keeps its status and this must hold.
+    // Whichever service restarted: apply's status comes back from ingest's SnapshotBegin
+    // marked `resumed`, which carries the estimate and the keys delivered before.
     if let (Some((done, estimated)), Some((done_after, estimated_after, percent))) =
         (at_kill, after)
         && full_syncs == 1
     {
-        if which == Service::Apply {
-            println!(
-                "[{name}] known limitation: after apply's restart the copy's progress shows \
-                 {done_after}/{estimated_after} keys ({percent:.0}%), at the kill {done}/{estimated}"
-            );
-            return;
-        }
         run.expect(
             done_after >= done && estimated_after == estimated && percent > 0.0,
             || {

@@ -583,7 +583,8 @@ impl Shared {
             if let Some(b) = &report.snapshot_begin {
                 started = true;
                 s.phase = ShardPhase::Snapshot as i32;
-                s.keys_done = 0;
+                // A resumed copy counts what was applied before the restart.
+                s.keys_done = if b.resumed { b.resumed_keys } else { 0 };
                 s.keys_estimated = b.estimated_keys;
                 s.bytes_estimated = b.estimated_bytes;
             }

@@ -1000,6 +1000,17 @@ impl ShardWriter {
         let resnapshot = committed.iter().any(|c| !same(c) || c.resnapshot)
             || self.current.as_ref().is_some_and(|p| !same_pos(p));
         let resume = !committed.is_empty() && committed.iter().all(|c| same(c));
+        if b.resumed && !resume {
+            // Ingest skips what it believes was applied; starting over here would leave
+            // those keys out of the copy.
+            return Err(WriteError::Fatal {
+                address: self.dest.addresses().join(","),
+                message: format!(
+                    "ingest resumed the full copy ({}:{}) in the middle, but the destination's checkpoint is not inside that copy",
+                    b.replid, b.offset
+                ),
+            });
+        }
         self.snapshot = SnapshotState {
             rdb_version: b.rdb_version,
             resnapshot,

@@ -602,6 +602,60 @@ async fn redelivered_batches_apply_once() -> TestResult {
     Ok(())
 }
 
+/// A restart inside a full copy: ingest announces the resume with a SnapshotBegin marked
+/// `resumed`; the writer carries on without starting over, and refuses the resume when its
+/// checkpoint is not inside that copy (starting over would leave the skipped keys out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_copy_carries_on_only_from_its_own_checkpoint() -> TestResult {
+    let src = RedisServer::start(RedisVersion::V7_0)?;
+    let dst = RedisServer::start(RedisVersion::V7_0)?;
+    run(&src, 0, &[b"SET", b"first", b"1"])?;
+    run(&src, 0, &[b"SET", b"second", b"2"])?;
+    let metrics = Metrics::new();
+    let opts = |task: &str| {
+        options(
+            task,
+            endpoint(&dst.addr(), false),
+            ConflictMode::Intercept,
+            &[],
+            &[],
+            &metrics,
+        )
+    };
+    let mut st = Stream::new("r");
+    let begin = st.snapshot_begin(10, 2);
+    let first = st.key(dump_record(&src, 0, b"first")?);
+    let mut w = ShardWriter::open(opts("t-resume")).await?;
+    w.apply(&st.batch("standalone", vec![begin.clone(), first], 0))
+        .await?;
+    drop(w);
+
+    let resumed = |mut e: ChangeEvent| {
+        if let Some(change_event::Kind::SnapshotBegin(b)) = &mut e.kind {
+            b.resumed = true;
+            b.resumed_keys = 1;
+        }
+        if let Some(p) = &mut e.position {
+            p.snapshot_records = 1;
+        }
+        e
+    };
+    let second = st.key(dump_record(&src, 0, b"second")?);
+    let end = st.snapshot_end(0);
+    let rest = st.batch("standalone", vec![resumed(begin.clone()), second, end], 0);
+    let mut w = ShardWriter::open(opts("t-resume")).await?;
+    let report = w.apply(&rest).await?;
+    assert_eq!(report.keys_done, 1);
+    assert_eq!(run(&dst, 0, &[b"GET", b"first"])?.as_str(), Some("1"));
+    assert_eq!(run(&dst, 0, &[b"GET", b"second"])?.as_str(), Some("2"));
+
+    // Another task on the same destination has no checkpoint in that copy.
+    let mut w = ShardWriter::open(opts("t-other")).await?;
+    let err = w.apply(&rest).await.expect_err("a resume without a checkpoint");
+    assert!(err.to_string().contains("in the middle"), "{err}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_expired_on_the_destination_do_not_fail_the_task() -> TestResult {
     let dst = RedisServer::start(RedisVersion::V7_0)?;

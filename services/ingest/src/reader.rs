@@ -45,7 +45,8 @@ pub struct StartAt {
     pub skip_records: u64,
     /// Database selected at the start (stream positions carry it).
     pub db: u32,
-    /// Snapshot segment: send SnapshotBegin (false when resuming inside it).
+    /// Snapshot segment: a new copy starts (false when resuming inside it: the
+    /// SnapshotBegin is then marked `resumed`).
     pub emit_begin: bool,
 }
 

@@ -747,11 +747,24 @@ async fn a_restart_inside_a_snapshot_resumes_it_from_the_spool() {
     let mut sub = Subscription::open(&mut client, request("midsnap", source, start, None)).await;
     sub.until("the rest of the snapshot", WAIT, |s| s.count(is_end) == 1)
         .await;
+    // No new copy: one SnapshotBegin marked `resumed`, at the resume point, counting the
+    // keys delivered before.
+    let begins: Vec<_> = sub
+        .events
+        .iter()
+        .filter_map(|g| match &g.event.kind {
+            Some(Kind::SnapshotBegin(b)) => Some((b.clone(), g.event.position.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(begins.len(), 1, "{:?}", sub.summary());
+    let (begin, at) = &begins[0];
+    assert!(begin.resumed, "{begin:?}");
+    assert_eq!(begin.resumed_keys as usize, delivered.len());
+    assert_eq!(begin.estimated_keys, 100);
     assert_eq!(
-        sub.count(is_begin),
-        0,
-        "no new SnapshotBegin: {:?}",
-        sub.summary()
+        at.as_ref().map(|p| p.snapshot_records),
+        Some(delivered.len() as u64)
     );
     let mut all: Vec<Vec<u8>> = snapshot_keys(&sub).into_iter().map(|(_, k)| k).collect();
     assert!(

@@ -444,6 +444,7 @@ impl Stream {
                 estimated_bytes: 0,
                 valkey: false,
                 reason: "test".into(),
+                ..SnapshotBegin::default()
             })),
         }
     }

@@ -52,9 +52,12 @@ pub struct SnapshotDecoder {
     records: u64,
     /// Records already delivered before a restart.
     skip: u64,
-    /// Send SnapshotBegin (false when resuming inside this snapshot: it was sent before).
+    /// A new copy (its SnapshotBegin starts it), or a resume inside one already begun.
     emit_begin: bool,
     begun: bool,
+    /// Resuming: the SnapshotBegin marked `resumed` is still to be sent, once the records
+    /// delivered before are skipped (it then knows how many keys they held).
+    announce_resume: bool,
     header: (u32, bool),
     pending: Option<Item>,
     keys: u64,
@@ -97,6 +100,7 @@ impl SnapshotDecoder {
             skip,
             emit_begin,
             begun: false,
+            announce_resume: false,
             header: (0, false),
             pending: None,
             keys: 0,
@@ -170,6 +174,27 @@ impl SnapshotDecoder {
         }
     }
 
+    /// The SnapshotBegin of this copy.
+    fn begin(&self) -> SnapshotBegin {
+        SnapshotBegin {
+            replid: self.replid.clone(),
+            offset: self.offset,
+            rdb_version: self.header.0,
+            source_version: self
+                .parser
+                .aux()
+                .server_version()
+                .map(|(_, v)| v.to_owned())
+                .unwrap_or_default(),
+            estimated_keys: self.info.estimated_keys,
+            estimated_bytes: self.info.expected_bytes,
+            valkey: self.header.1,
+            reason: self.info.reason.clone(),
+            resumed: false,
+            resumed_keys: 0,
+        }
+    }
+
     fn event(&self, kind: Kind) -> ChangeEvent {
         ChangeEvent {
             position: Some(self.snapshot_position()),
@@ -206,28 +231,28 @@ impl SnapshotDecoder {
                     self.begun = true;
                     self.pending = Some(other);
                     if self.emit_begin {
-                        let begin = SnapshotBegin {
-                            replid: self.replid.clone(),
-                            offset: self.offset,
-                            rdb_version: self.header.0,
-                            source_version: self
-                                .parser
-                                .aux()
-                                .server_version()
-                                .map(|(_, v)| v.to_owned())
-                                .unwrap_or_default(),
-                            estimated_keys: self.info.estimated_keys,
-                            estimated_bytes: self.info.expected_bytes,
-                            valkey: self.header.1,
-                            reason: self.info.reason.clone(),
-                        };
-                        let mut event = self.event(Kind::SnapshotBegin(begin));
+                        let mut event = self.event(Kind::SnapshotBegin(self.begin()));
                         if let Some(p) = &mut event.position {
                             p.snapshot_records = 0;
                         }
                         return Ok(Some(event));
                     }
+                    self.announce_resume = true;
                     continue;
+                }
+                record @ (Item::Key(_) | Item::Chunk(_) | Item::Function { .. } | Item::End { .. })
+                    if self.announce_resume && self.records >= self.skip =>
+                {
+                    // Everything delivered before is skipped: announce the resume at the
+                    // resume point, then deliver this record.
+                    self.announce_resume = false;
+                    self.pending = Some(record);
+                    let begin = SnapshotBegin {
+                        resumed: true,
+                        resumed_keys: self.keys,
+                        ..self.begin()
+                    };
+                    return Ok(Some(self.event(Kind::SnapshotBegin(begin))));
                 }
                 Item::SelectDb(_)
                 | Item::ResizeDb { .. }
@@ -244,14 +269,15 @@ impl SnapshotDecoder {
                 }
                 Item::Key(rec) => {
                     self.records += 1;
-                    if self.records <= self.skip {
-                        continue;
-                    }
-                    if self.is_expired(rec.expire_at_ms) {
+                    let expired = self.is_expired(rec.expire_at_ms);
+                    if expired {
                         self.expired += 1;
+                    } else {
+                        self.keys += 1;
+                    }
+                    if expired || self.records <= self.skip {
                         continue;
                     }
-                    self.keys += 1;
                     let (value_type, module_type) = value_type(&rec.value);
                     let key = pb::KeyRecord {
                         db: rec.db,
@@ -273,17 +299,15 @@ impl SnapshotDecoder {
                         _ => self.is_expired(chunk.expire_at_ms),
                     };
                     self.chunk_expired = if chunk.last { None } else { Some(expired) };
-                    if resumed {
-                        continue;
-                    }
-                    if expired {
-                        if chunk.last {
-                            self.expired += 1;
-                        }
-                        continue;
-                    }
                     if chunk.last {
-                        self.keys += 1;
+                        if expired {
+                            self.expired += 1;
+                        } else {
+                            self.keys += 1;
+                        }
+                    }
+                    if resumed || expired {
+                        continue;
                     }
                     let (value_type, module_type) = value_type(&chunk.part);
                     let Some(items) = chunk_items(chunk.part) else {
@@ -537,17 +561,46 @@ mod tests {
     }
 
     #[test]
-    fn resumes_after_n_records_without_a_new_begin() {
+    fn a_resume_announces_itself_at_the_resume_point() {
+        // Resuming after one record (key "a"): the SnapshotBegin says so and counts "a" as
+        // done, its position is the resume point, and the copy goes on with "b".
         let mut d =
             SnapshotDecoder::new("r".into(), 42, info(), 1 << 20, 1, false).with_clock(|| 0);
         d.feed(&rdb());
         d.input_complete();
         let events = run(&mut d);
-        assert_eq!(events.len(), 3, "{events:?}");
-        let Some(Kind::Key(k)) = &events[0].kind else {
+        assert_eq!(events.len(), 4, "{events:?}");
+        let Some(Kind::SnapshotBegin(b)) = &events[0].kind else {
+            panic!("{events:?}")
+        };
+        assert!(b.resumed);
+        assert_eq!((b.resumed_keys, b.estimated_keys, b.rdb_version), (1, 3, 9));
+        let at = events[0].position.as_ref().unwrap();
+        assert!(at.in_snapshot);
+        assert_eq!(at.snapshot_records, 1);
+        let Some(Kind::Key(k)) = &events[1].kind else {
             panic!()
         };
         assert_eq!(k.key, b"b");
+        let Some(Kind::SnapshotEnd(e)) = &events[3].kind else {
+            panic!()
+        };
+        assert_eq!(e.keys, 3, "keys of the whole copy, before the resume too");
+    }
+
+    #[test]
+    fn a_resume_at_the_very_end_still_announces_itself() {
+        let mut d =
+            SnapshotDecoder::new("r".into(), 42, info(), 1 << 20, 3, false).with_clock(|| 0);
+        d.feed(&rdb());
+        d.input_complete();
+        let events = run(&mut d);
+        assert_eq!(events.len(), 2, "{events:?}");
+        let Some(Kind::SnapshotBegin(b)) = &events[0].kind else {
+            panic!("{events:?}")
+        };
+        assert_eq!((b.resumed, b.resumed_keys), (true, 3));
+        assert!(matches!(events[1].kind, Some(Kind::SnapshotEnd(_))));
     }
 
     #[test]
