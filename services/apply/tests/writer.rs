@@ -651,7 +651,10 @@ async fn a_resumed_copy_carries_on_only_from_its_own_checkpoint() -> TestResult 
 
     // Another task on the same destination has no checkpoint in that copy.
     let mut w = ShardWriter::open(opts("t-other")).await?;
-    let err = w.apply(&rest).await.expect_err("a resume without a checkpoint");
+    let err = w
+        .apply(&rest)
+        .await
+        .expect_err("a resume without a checkpoint");
     assert!(err.to_string().contains("in the middle"), "{err}");
     Ok(())
 }

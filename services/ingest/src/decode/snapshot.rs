@@ -240,7 +240,10 @@ impl SnapshotDecoder {
                     self.announce_resume = true;
                     continue;
                 }
-                record @ (Item::Key(_) | Item::Chunk(_) | Item::Function { .. } | Item::End { .. })
+                record @ (Item::Key(_)
+                | Item::Chunk(_)
+                | Item::Function { .. }
+                | Item::End { .. })
                     if self.announce_resume && self.records >= self.skip =>
                 {
                     // Everything delivered before is skipped: announce the resume at the
