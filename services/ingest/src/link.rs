@@ -38,7 +38,7 @@ use crate::{
     conn::{self, AuthError, ConnError, Credentials},
     metrics::ShardMetrics,
     resharding::{SlotHistory, SlotWatcher},
-    spool::{SnapshotInfo, Spool, SpoolError, SpoolWriter},
+    spool::{SnapshotInfo, Spool, SpoolEnd, SpoolError, SpoolWriter},
     stop::StopSignal,
     tls::{Connector, NodeStream},
     topology::{self, ShardHome, SourceView},
@@ -674,8 +674,13 @@ impl LinkRunner {
         let addr = self.config.addr.clone();
         self.state.send_replace(LinkState::Streaming);
         self.metrics.link_up.set(1);
+        // An ACK is due (every second, and on GETACK). It waits for the spool to be
+        // durable up to what it reports, but the socket is read meanwhile: the sync runs
+        // in the background and the ACK goes out when it completes.
+        let mut ack_due = false;
+        let mut syncing: Option<JoinHandle<Result<Option<SpoolEnd>, SpoolError>>> = None;
         if !buf.is_empty() {
-            self.received(&buf, writer, wr).await?;
+            ack_due |= self.received(&buf, writer).await?;
             buf.clear();
         }
         let mut tick = tokio::time::interval(ACK_INTERVAL);
@@ -683,9 +688,16 @@ impl LinkRunner {
         let mut last_heard = Instant::now();
         let mut stop = self.stop.clone();
         loop {
+            if ack_due && syncing.is_none() {
+                syncing = Some(writer.sync_in_background().await?);
+                ack_due = false;
+            }
             buf.reserve(READ_CHUNK);
             tokio::select! {
                 () = stop.requested() => {
+                    if let Some(sync) = syncing.take() {
+                        let _ = sync.await;
+                    }
                     let _ = writer.sync().await;
                     return Ok(());
                 }
@@ -697,24 +709,37 @@ impl LinkRunner {
                     }
                     last_heard = Instant::now();
                     let chunk = buf.split();
-                    self.received(&chunk, writer, wr).await?;
+                    ack_due |= self.received(&chunk, writer).await?;
+                }
+                synced = async { syncing.as_mut().expect("guarded by the branch condition").await },
+                    if syncing.is_some() =>
+                {
+                    syncing = None;
+                    let end = synced.map_err(|e| SpoolError::Misuse(if e.is_panic() {
+                        "the spool sync panicked"
+                    } else {
+                        "the spool sync was cancelled"
+                    }))??;
+                    if let Some(end) = end {
+                        write_ack(wr, end.offset, &addr).await?;
+                    }
                 }
                 _ = tick.tick() => {
                     if last_heard.elapsed() > MASTER_SILENCE {
                         return Err(SessionError::Silent { addr });
                     }
-                    send_ack(wr, writer, &addr).await?;
+                    ack_due = true;
                 }
             }
         }
     }
 
+    /// Spools stream bytes; true when they held a `REPLCONF GETACK` (an ACK is due).
     async fn received(
         &mut self,
         chunk: &[u8],
         writer: &mut SpoolWriter,
-        wr: &mut Writer,
-    ) -> Result<(), SessionError> {
+    ) -> Result<bool, SessionError> {
         writer.append(chunk).await?;
         self.metrics.bytes_received.add(chunk.len() as u64);
         self.metrics
@@ -723,10 +748,7 @@ impl LinkRunner {
         self.metrics
             .spool_bytes
             .set(i64::try_from(self.spool.bytes()).unwrap_or(i64::MAX));
-        if self.getack.feed(chunk) > 0 {
-            send_ack(wr, writer, &self.config.addr).await?;
-        }
-        Ok(())
+        Ok(self.getack.feed(chunk) > 0)
     }
 }
 
@@ -759,7 +781,12 @@ async fn send_ack(
     let Some(end) = writer.sync().await? else {
         return Ok(());
     };
-    let offset = end.offset.to_string();
+    write_ack(wr, end.offset, addr).await
+}
+
+/// Tells the master the replica has everything up to `offset`.
+async fn write_ack(wr: &mut Writer, offset: u64, addr: &str) -> Result<(), SessionError> {
+    let offset = offset.to_string();
     let mut out = BytesMut::new();
     redis_sync_resp::encode_command(
         &[b"REPLCONF".as_slice(), b"ACK", offset.as_bytes()],

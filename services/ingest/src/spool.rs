@@ -28,6 +28,7 @@ use tokio::{
     fs::File,
     io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt},
     sync::watch,
+    task::JoinHandle,
 };
 
 /// Size of the fixed header at the start of every segment file.
@@ -782,6 +783,37 @@ impl SpoolWriter {
             }),
             _ => None,
         })
+    }
+
+    /// Starts making everything appended so far durable and returns at once; the task
+    /// yields the stream end that is safe to acknowledge once the disk has it. The link
+    /// keeps reading from the master meanwhile: an fdatasync of a second's worth of
+    /// stream takes hundreds of milliseconds on a slow disk, and a link waiting for it
+    /// delays every write behind it.
+    pub async fn sync_in_background(
+        &mut self,
+    ) -> Result<JoinHandle<Result<Option<SpoolEnd>, SpoolError>>, SpoolError> {
+        let file = match &mut self.current {
+            Some(cur) if cur.unsynced => {
+                let file = cur.file.try_clone().await.map_err(io_err(&cur.path))?;
+                cur.unsynced = false;
+                Some((file, cur.path.clone()))
+            }
+            _ => None,
+        };
+        let end = match &self.current {
+            Some(cur) if !cur.snapshot => self.spool.segment(cur.id).map(|s| SpoolEnd {
+                offset: s.end_offset(),
+                replid: s.replid,
+            }),
+            _ => None,
+        };
+        Ok(tokio::spawn(async move {
+            if let Some((file, path)) = file {
+                file.sync_data().await.map_err(io_err(&path))?;
+            }
+            Ok(end)
+        }))
     }
 
     async fn new_segment(
