@@ -11,6 +11,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use redis_sync_command::cluster::{ClusterNode, SLOTS};
 use redis_sync_proto::v1::{
     CheckStatus, ConflictMode, InstanceMode, PrecheckItem, PrecheckResult, ProbeErrorKind,
     ProbeSourceRequest, ProbeSourceResponse, RedisEndpoint, TaskSpec,
@@ -29,7 +30,7 @@ const MIN_BACKLOG: u64 = 64 * 1024 * 1024;
 /// Smallest source `repl-timeout` (seconds) that does not drop a replica on a slow link.
 const MIN_REPL_TIMEOUT: u64 = 60;
 /// Slots of a Redis Cluster.
-const CLUSTER_SLOTS: u64 = 16384;
+const CLUSTER_SLOTS: u64 = SLOTS as u64;
 
 /// Stable item names, in the order they are reported.
 pub mod items {
@@ -759,48 +760,16 @@ async fn inspect_node(ep: &RedisEndpoint, address: &str) -> Result<DestNode, (St
     Ok(node)
 }
 
-/// Masters of a cluster from `CLUSTER NODES`: (address, slots owned).
+/// Masters of a cluster from `CLUSTER NODES`: (address, slots owned). A line that does
+/// not parse is passed over: the items judge what the rest of the reply shows. A master
+/// the answering node suspects (`fail?`) is left out too: it may be on its way out.
 fn cluster_masters(nodes: &str, entry_host: &str) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    for line in nodes.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 8 {
-            continue;
-        }
-        let flags = fields[2];
-        if !flags.split(',').any(|f| f == "master")
-            || flags.contains("fail")
-            || flags.contains("noaddr")
-        {
-            continue;
-        }
-        // "ip:port@cport[,hostname]"; an empty ip means "the address you reached me by".
-        let addr = fields[1].split(['@', ',']).next().unwrap_or_default();
-        let Some((ip, port)) = addr.rsplit_once(':') else {
-            continue;
-        };
-        let ip = if ip.is_empty() { entry_host } else { ip };
-        let address = if ip.contains(':') {
-            format!("[{ip}]:{port}")
-        } else {
-            format!("{ip}:{port}")
-        };
-        let slots: u64 = fields[8..]
-            .iter()
-            .filter(|s| !s.starts_with('['))
-            .map(|s| match s.split_once('-') {
-                Some((a, b)) => match (a.parse::<u64>(), b.parse::<u64>()) {
-                    (Ok(a), Ok(b)) if b >= a => b - a + 1,
-                    _ => 0,
-                },
-                None => u64::from(s.parse::<u64>().is_ok()),
-            })
-            .sum();
-        if slots > 0 {
-            out.push((address, slots));
-        }
-    }
-    out
+    nodes
+        .lines()
+        .filter_map(|line| ClusterNode::parse(line, entry_host).ok())
+        .filter(|n| n.serves_slots() && !n.has_flag("fail?"))
+        .map(|n| (n.addr.clone(), n.slot_count() as u64))
+        .collect()
 }
 
 async fn inspect_destination(spec: &TaskSpec) -> DestView {
@@ -1451,6 +1420,8 @@ b 127.0.0.1:7001@17001,host master - 0 0 2 connected 5461-10922 [5461->-c]
 c :7002@17002 master - 0 0 3 connected 10923-16383
 d 127.0.0.1:7003@17003 slave a 0 0 1 connected
 e 127.0.0.1:7004@17004 master,fail - 0 0 4 disconnected 1
+f 127.0.0.1:7005@17005 master,fail? - 0 0 5 connected 2
+not a node line
 ";
         let m = cluster_masters(text, "10.0.0.1");
         assert_eq!(

@@ -2,42 +2,11 @@
 //! hash tags per master, and the split of multi-key commands whose keys span slots.
 
 use redis::Value;
+pub use redis_sync_command::cluster::key_slot;
+use redis_sync_command::cluster::{SLOTS, node_address};
 
-/// Number of hash slots in a Redis Cluster.
-pub const SLOTS: usize = 16384;
-
-/// CRC16-XMODEM (polynomial 0x1021, initial 0), the hash Redis Cluster uses for slots.
-pub fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
-
-/// The slot of `key`, honouring a non-empty `{hash tag}` as Redis does (first `{`, then
-/// the first `}` after it).
-pub fn key_slot(key: &[u8]) -> u16 {
-    let hashed = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            rest.iter()
-                .position(|&b| b == b'}')
-                .map(|close| &rest[..close])
-        })
-        .filter(|tag| !tag.is_empty())
-        .unwrap_or(key);
-    crc16(hashed) % SLOTS as u16
-}
+/// [`SLOTS`] as an index bound of per-slot tables.
+const SLOT_COUNT: usize = SLOTS as usize;
 
 /// Why the slot map could not be read.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -76,7 +45,7 @@ impl Topology {
         let Value::Array(ranges) = reply else {
             return Err(TopologyError::BadReply(format!("{reply:?}")));
         };
-        let mut owner = vec![u16::MAX; SLOTS];
+        let mut owner = vec![u16::MAX; SLOT_COUNT];
         let mut addresses: Vec<(usize, String)> = Vec::new();
         for range in ranges {
             let Value::Array(items) = range else {
@@ -98,16 +67,15 @@ impl Topology {
             } else {
                 host
             };
-            let address = if host.contains(':') {
-                format!("[{host}]:{port}")
-            } else {
-                format!("{host}:{port}")
+            let Ok(port) = u16::try_from(port) else {
+                return Err(TopologyError::BadReply(format!("node {node:?}")));
             };
+            let address = node_address(&host, port);
             let (start, end) = (
-                usize::try_from(start).unwrap_or(SLOTS),
-                usize::try_from(end).unwrap_or(SLOTS),
+                usize::try_from(start).unwrap_or(SLOT_COUNT),
+                usize::try_from(end).unwrap_or(SLOT_COUNT),
             );
-            if start > end || end >= SLOTS {
+            if start > end || end >= SLOT_COUNT {
                 return Err(TopologyError::BadReply(format!("slot range {start}-{end}")));
             }
             let index = match addresses.iter().position(|(_, a)| *a == address) {
@@ -176,13 +144,13 @@ impl Topology {
 pub fn slot_tag(slot: u16) -> &'static str {
     static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let tags = TAGS.get_or_init(|| {
-        let mut tags = vec![String::new(); SLOTS];
-        let mut missing = SLOTS;
+        let mut tags = vec![String::new(); SLOT_COUNT];
+        let mut missing = SLOT_COUNT;
         // About 170 000 candidates cover all slots (coupon collector); the bound only
         // guards against an impossible loop.
         for n in 0u32..10_000_000 {
             let tag = n.to_string();
-            let s = usize::from(crc16(tag.as_bytes()) % SLOTS as u16);
+            let s = usize::from(key_slot(tag.as_bytes()));
             if tags[s].is_empty() {
                 tags[s] = tag;
                 missing -= 1;
@@ -230,17 +198,6 @@ pub fn group_by_slot(args: &[Vec<u8>], key_positions: &[usize]) -> Vec<(u16, Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slots_match_redis() {
-        // Values from the Redis Cluster specification and CLUSTER KEYSLOT.
-        assert_eq!(crc16(b"123456789"), 0x31c3);
-        assert_eq!(key_slot(b"foo"), 12182);
-        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
-        assert_eq!(key_slot(b"foo{}{bar}"), crc16(b"foo{}{bar}") % 16384);
-        assert_eq!(key_slot(b"foo{{bar}}zap"), crc16(b"{bar") % 16384);
-        assert_eq!(key_slot(b"foo{bar}{zap}"), crc16(b"bar") % 16384);
-    }
 
     #[test]
     fn topology_from_cluster_slots() {

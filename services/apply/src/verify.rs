@@ -32,12 +32,13 @@ use futures_util::future;
 use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
 use redis::aio::MultiplexedConnection;
 use redis::{Cmd, ErrorKind, Value};
+use redis_sync_command::cluster::{self, ClusterNode};
 use redis_sync_proto::v1::{
     Difference, DifferenceKind, RedisEndpoint, TaskSpec, VerifyTaskRequest, VerifyTaskResponse,
 };
 use tokio::time::Instant;
 
-use crate::{dbmap::DbMap, endpoint, router, task};
+use crate::{dbmap::DbMap, endpoint, task};
 
 /// Prefix of every key the tool itself writes to the destination (checkpoints).
 pub const OWN_KEY_PREFIX: &[u8] = b"redis-sync:";
@@ -587,7 +588,7 @@ impl Deployment {
             return 0;
         }
         self.owner
-            .get(usize::from(router::key_slot(key)))
+            .get(usize::from(cluster::key_slot(key)))
             .map_or(0, |o| usize::from(*o))
     }
 
@@ -948,55 +949,18 @@ fn parse_keyspace(text: &str) -> BTreeSet<u32> {
 }
 
 /// Masters and slot owners from a `CLUSTER NODES` text: (addresses, owner of each slot).
-/// `seed_host` stands in for a master announced without a host.
+/// `seed_host` stands in for a master announced without a host. Every key read is routed
+/// by this table, so a slot without a master is an error rather than a hole.
 fn parse_cluster_nodes(text: &str, seed_host: &str) -> Result<(Vec<String>, Vec<u16>), String> {
+    let nodes = cluster::parse_nodes(text, seed_host).map_err(|e| e.to_string())?;
     let mut masters: Vec<String> = Vec::new();
-    let mut owner = vec![u16::MAX; router::SLOTS];
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
-            continue;
-        };
-        let flags: Vec<&str> = flags.split(',').collect();
-        if !flags.contains(&"master")
-            || flags
-                .iter()
-                .any(|f| matches!(*f, "fail" | "handshake" | "noaddr"))
-        {
-            continue;
-        }
-        let mut ranges = Vec::new();
-        for slot in fields.iter().skip(8).filter(|s| !s.starts_with('[')) {
-            let (a, b) = slot.split_once('-').unwrap_or((slot, slot));
-            let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) else {
-                return Err(format!("CLUSTER NODES slot range {slot:?} not understood"));
-            };
-            if a > b || b >= router::SLOTS {
-                return Err(format!("CLUSTER NODES slot range {slot:?} out of range"));
-            }
-            ranges.push((a, b));
-        }
-        if ranges.is_empty() {
-            continue;
-        }
-        // "host:port@cport[,hostname]", or "host:port" before 4.0.
-        let hostport = addr.split('@').next().unwrap_or(addr);
-        let Some((host, port)) = hostport.rsplit_once(':') else {
-            return Err(format!("CLUSTER NODES address {addr:?} not understood"));
-        };
-        let host = if host.is_empty() { seed_host } else { host };
-        let address = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
+    let mut owner = vec![u16::MAX; usize::from(cluster::SLOTS)];
+    for node in nodes.into_iter().filter(ClusterNode::serves_slots) {
         let index = u16::try_from(masters.len()).map_err(|_| "too many masters".to_owned())?;
-        masters.push(address);
-        for (a, b) in ranges {
-            for o in owner.iter_mut().take(b + 1).skip(a) {
-                *o = index;
-            }
+        for range in &node.slots {
+            owner[usize::from(range.start)..=usize::from(range.end)].fill(index);
         }
+        masters.push(node.addr);
     }
     if let Some(slot) = owner.iter().position(|o| *o == u16::MAX) {
         return Err(format!(

@@ -10,7 +10,11 @@
 //! commands with no known keys. Read-only commands are left out on purpose, as are
 //! `MIGRATE` and `XREADGROUP`, which masters never replicate verbatim (they send `DEL` and
 //! `XCLAIM`/`XGROUP SETID` instead).
+//!
+//! Where those keys live in a Redis Cluster — key slots and the `CLUSTER NODES` topology —
+//! is the [`cluster`] module.
 
+pub mod cluster;
 mod table;
 
 use std::cmp::Ordering;

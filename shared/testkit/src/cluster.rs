@@ -6,14 +6,16 @@ use std::ops::Deref;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+// The same hashing and `CLUSTER NODES` reading as ingest and apply: the harness tests
+// them against real servers (MOVED, `CLUSTER NODES` of every version) as it goes.
+use redis_sync_command::cluster::{ClusterNode as NodeLine, parse_nodes};
+pub use redis_sync_command::cluster::{SLOTS as SLOT_COUNT, crc16, key_slot};
+
 use crate::error::{HarnessError, Result};
 use crate::process::wait_until;
 use crate::resp::Info;
 use crate::server::RedisServer;
 use crate::version::RedisVersion;
-
-/// Number of hash slots in a Redis Cluster.
-pub const SLOT_COUNT: u16 = 16384;
 
 /// `cluster-node-timeout` of harness clusters, in milliseconds.
 pub const CLUSTER_NODE_TIMEOUT_MS: u32 = 2000;
@@ -23,51 +25,6 @@ const CLUSTER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Slots per `CLUSTER ADDSLOTS` command (3.2 has no `ADDSLOTSRANGE`).
 const ADDSLOTS_BATCH: usize = 1000;
-
-const CRC16_TABLE: [u16; 256] = {
-    let mut table = [0u16; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut crc = (i as u16) << 8;
-        let mut bit = 0;
-        while bit < 8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-            bit += 1;
-        }
-        table[i] = crc;
-        i += 1;
-    }
-    table
-};
-
-/// CRC-16/XMODEM (polynomial 0x1021, initial value 0), the checksum of key slots.
-pub fn crc16(data: &[u8]) -> u16 {
-    data.iter().fold(0u16, |crc, &b| {
-        (crc << 8) ^ CRC16_TABLE[usize::from((crc >> 8) as u8 ^ b)]
-    })
-}
-
-/// The cluster slot of `key`: CRC16 of the key, or of its hash tag (the bytes
-/// between the first `{` and the next `}`, when that is not empty), mod 16384.
-pub fn key_slot(key: &[u8]) -> u16 {
-    crc16(hash_tag(key)) % SLOT_COUNT
-}
-
-fn hash_tag(key: &[u8]) -> &[u8] {
-    if let Some(open) = key.iter().position(|&b| b == b'{') {
-        let rest = &key[open + 1..];
-        if let Some(close) = rest.iter().position(|&b| b == b'}')
-            && close > 0
-        {
-            return &rest[..close];
-        }
-    }
-    key
-}
 
 /// One node of a [`RedisCluster`]: a [`RedisServer`] plus its cluster node id.
 /// Dereferences to the server.
@@ -310,29 +267,28 @@ impl RedisCluster {
                     .into_iter()
                     .find(|f| line.has_flag(f))
                 {
-                    return Err(format!("{addr} flags {} as {bad}", line.addr()));
+                    return Err(format!("{addr} flags {} as {bad}", describe(line)));
                 }
-                if !line.has_flag("myself") && !line.connected {
-                    return Err(format!("{addr} has no link to {}", line.addr()));
+                if !line.myself && !line.connected {
+                    return Err(format!("{addr} has no link to {}", describe(line)));
                 }
-                let is_replica = line.has_flag("slave") || line.has_flag("replica");
-                if is_replica != master.is_some() || line.master.as_deref() != master {
+                if line.replica != master.is_some() || line.master_id.as_deref() != master {
                     return Err(format!(
                         "{addr} sees {} as {} of {:?}, expected {}",
-                        line.addr(),
-                        if is_replica { "replica" } else { "master" },
-                        line.master,
+                        describe(line),
+                        if line.replica { "replica" } else { "master" },
+                        line.master_id,
                         match master {
                             Some(m) => format!("replica of {m}"),
                             None => "master".into(),
                         }
                     ));
                 }
-                if line.slots != slots {
+                let serving = slot_pairs(line);
+                if serving != slots {
                     return Err(format!(
-                        "{addr} sees {} serving slots {:?}, expected {slots:?}",
-                        line.addr(),
-                        line.slots
+                        "{addr} sees {} serving slots {serving:?}, expected {slots:?}",
+                        describe(line),
                     ));
                 }
             }
@@ -500,8 +456,8 @@ impl RedisCluster {
             let Some(i) = index_of(&line.id) else {
                 continue;
             };
-            topology.master_of[i] = line.master.as_deref().and_then(index_of);
-            topology.slots[i] = line.slots;
+            topology.master_of[i] = line.master_id.as_deref().and_then(index_of);
+            topology.slots[i] = slot_pairs(&line);
         }
         *self.topology() = topology;
         Ok(())
@@ -529,7 +485,7 @@ fn own_node_id(server: &RedisServer) -> Result<String> {
     cluster_nodes(server)
         .map_err(HarnessError::Cluster)?
         .into_iter()
-        .find(|l| l.has_flag("myself"))
+        .find(|l| l.myself)
         .map(|l| l.id)
         .ok_or_else(|| {
             HarnessError::Cluster(format!(
@@ -553,67 +509,17 @@ fn cluster_nodes(server: &RedisServer) -> std::result::Result<Vec<NodeLine>, Str
     let text = reply
         .as_str()
         .ok_or_else(|| format!("{}: CLUSTER NODES returned {reply}", server.addr()))?;
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(NodeLine::parse)
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", server.addr()))
+    parse_nodes(text, "127.0.0.1").map_err(|e| format!("{}: {e}", server.addr()))
 }
 
-/// One line of `CLUSTER NODES`:
-/// `<id> <ip:port[@cport][,hostname]> <flags> <master> <ping> <pong> <epoch> <link> <slot>...`
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct NodeLine {
-    id: String,
-    host_port: String,
-    flags: Vec<String>,
-    master: Option<String>,
-    connected: bool,
-    slots: Vec<(u16, u16)>,
+/// `host:port (id prefix)`: roles move between nodes, so messages name both.
+fn describe(line: &NodeLine) -> String {
+    format!("{} ({})", line.addr, line.id.get(..8).unwrap_or(&line.id))
 }
 
-impl NodeLine {
-    fn parse(line: &str) -> std::result::Result<NodeLine, String> {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 8 {
-            return Err(format!("short CLUSTER NODES line {line:?}"));
-        }
-        let host_port = fields[1]
-            .split([',', '@'])
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let mut slots = Vec::new();
-        for token in &fields[8..] {
-            if token.starts_with('[') {
-                continue; // importing / migrating slot
-            }
-            let (a, b) = token.split_once('-').unwrap_or((token, token));
-            let parse = |s: &str| {
-                s.parse::<u16>()
-                    .ok()
-                    .filter(|&s| s < SLOT_COUNT)
-                    .ok_or_else(|| format!("bad slot {token:?} in {line:?}"))
-            };
-            slots.push((parse(a)?, parse(b)?));
-        }
-        Ok(NodeLine {
-            id: fields[0].to_owned(),
-            host_port,
-            flags: fields[2].split(',').map(str::to_owned).collect(),
-            master: Some(fields[3]).filter(|m| *m != "-").map(str::to_owned),
-            connected: fields[7] == "connected",
-            slots: merge_ranges(slots),
-        })
-    }
-
-    fn has_flag(&self, flag: &str) -> bool {
-        self.flags.iter().any(|f| f == flag)
-    }
-
-    fn addr(&self) -> String {
-        format!("{} ({})", self.host_port, &self.id[..self.id.len().min(8)])
-    }
+/// The node's slots as merged, sorted `(first, last)` pairs, comparable with [`Topology`].
+fn slot_pairs(line: &NodeLine) -> Vec<(u16, u16)> {
+    merge_ranges(line.slots.iter().map(|r| (r.start, r.end)).collect())
 }
 
 fn merge_ranges(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
@@ -631,55 +537,6 @@ fn merge_ranges(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn crc16_check_value() {
-        // The standard check input of CRC-16/XMODEM.
-        assert_eq!(crc16(b"123456789"), 0x31C3);
-        assert_eq!(crc16(b""), 0);
-    }
-
-    #[test]
-    fn key_slots_and_hash_tags() {
-        assert_eq!(key_slot(b"foo"), 12182);
-        assert_eq!(key_slot(b"bar"), 5061);
-        assert_eq!(key_slot(b""), 0);
-        assert_eq!(
-            key_slot(b"{user1000}.following"),
-            key_slot(b"{user1000}.followers")
-        );
-        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
-        assert_eq!(key_slot(b"foo{}{bar}"), crc16(b"foo{}{bar}") % SLOT_COUNT);
-        assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
-        assert_eq!(key_slot(b"foo{bar}{zap}"), key_slot(b"bar"));
-        assert_eq!(key_slot(b"{unclosed"), crc16(b"{unclosed") % SLOT_COUNT);
-    }
-
-    #[test]
-    fn parses_node_lines_of_3_2_and_7_0() {
-        let v32 = NodeLine::parse(
-            "e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001 myself,master - 0 0 1 connected 0-5460 5462 [5461-<-abc]",
-        )
-        .unwrap();
-        assert_eq!(v32.host_port, "127.0.0.1:30001");
-        assert!(v32.has_flag("myself") && v32.has_flag("master"));
-        assert_eq!(v32.master, None);
-        assert_eq!(v32.slots, vec![(0, 5460), (5462, 5462)]);
-
-        let v70 = NodeLine::parse(
-            "07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@40004,host slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected",
-        )
-        .unwrap();
-        assert_eq!(v70.host_port, "127.0.0.1:30004");
-        assert_eq!(
-            v70.master.as_deref(),
-            Some("e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca")
-        );
-        assert!(v70.connected && v70.slots.is_empty());
-
-        assert!(NodeLine::parse("abc 1:2 master").is_err());
-        assert!(NodeLine::parse("a b c - 0 0 1 connected 16384").is_err());
-    }
 
     #[test]
     fn merges_ranges() {

@@ -422,6 +422,9 @@ fn redis_benchmark(port: u16, test: &str) -> Result<std::process::Child, BoxErro
 }
 
 /// Sends SETs at `rate` per second for `secs` from a background thread.
+/// How long the paced load runs before its delay is sampled.
+const WARM_UP: Duration = Duration::from_secs(3);
+
 fn paced_load(port: u16, rate: u64, secs: u64) -> std::thread::JoinHandle<u64> {
     std::thread::spawn(move || {
         let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
@@ -545,7 +548,11 @@ async fn phase_incremental(o: &Options) -> Result<(), BoxError> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let half = (ops / 2.0) as u64;
-    let pacer = paced_load(source.port(), half, o.load_secs);
+    let pacer = paced_load(source.port(), half, o.load_secs + WARM_UP.as_secs());
+    // The status shows the delay of the last heartbeat applied, which after the catch-up
+    // above is one from the backlog of the full-load phase: sampling starts once the
+    // paced load has run for a few heartbeats, so what is measured is this rate's delay.
+    tokio::time::sleep(WARM_UP).await;
     let delays = sample_delays(&mut sync, o.load_secs).await?;
     let sent = pacer.join().unwrap_or(0);
     println!(
