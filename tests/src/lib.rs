@@ -7,6 +7,7 @@
 
 pub mod proxy;
 pub mod sync;
+pub mod workload;
 
 use std::{
     net::{SocketAddr, TcpListener},

@@ -221,9 +221,17 @@ fn endpoint_error(e: endpoint::EndpointError) -> WriteError {
 /// here), and `ERR The XGROUP subcommand requires the key to exist` (XGROUP on a missing
 /// stream). `NOGROUP` (XCLAIM, XACK-like effects of XREADGROUP on a stream expired here)
 /// only counts when the key is indeed missing, which the writer checks afterwards.
+/// Likewise `ERR Library not found` from FUNCTION DELETE: a cluster source's masters
+/// each replicate the DELETE a client sends to all of them, and each copy goes to every
+/// destination master, so all but the first find the library already gone.
 pub fn missing_key_reply(command: &str, code: &str, detail: &str) -> MissingKey {
     match (code, detail) {
         ("ERR", d) if d.starts_with("no such key") => MissingKey::Yes,
+        ("ERR", d)
+            if d.starts_with("Library not found") && command.eq_ignore_ascii_case("function") =>
+        {
+            MissingKey::Yes
+        }
         ("ERR", d)
             if d.starts_with("index out of range") && command.eq_ignore_ascii_case("lset") =>
         {
@@ -1167,7 +1175,26 @@ impl ShardWriter {
                 o.flushes_scripts = flush;
                 Ok(vec![o])
             }
-            "function" => Ok(vec![op(full, None, Target::All, Vec::new())]),
+            "function" => {
+                // Every master of a cluster source replicates the FUNCTION LOAD a client
+                // sends to all of them, and each copy goes to every destination master:
+                // all but the first would be refused as "already exists".
+                let mut full = full;
+                if self.opts.multi_shard_source
+                    && c.args
+                        .first()
+                        .is_some_and(|a| a.eq_ignore_ascii_case(b"load"))
+                    && !c
+                        .args
+                        .get(1..c.args.len().saturating_sub(1))
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|a| a.eq_ignore_ascii_case(b"replace"))
+                {
+                    full.insert(2, b"REPLACE".to_vec());
+                }
+                Ok(vec![op(full, None, Target::All, Vec::new())])
+            }
             "flushdb" | "flushall" => {
                 if self.opts.multi_shard_source {
                     return Err(unsupported(
