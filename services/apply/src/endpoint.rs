@@ -14,7 +14,7 @@ use std::{
 
 use redis::{
     ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo,
-    TlsCertificates,
+    TlsCertificates, Value,
 };
 use redis_sync_proto::v1::{InstanceMode, RedisEndpoint, RedisTls};
 
@@ -359,5 +359,16 @@ mod tests {
             info.addr(),
             ConnectionAddr::TcpTls { host, .. } if host == "redis.internal"
         ));
+    }
+}
+
+/// A reply as text, whichever way the server sent it (bulk, simple, verbatim or `+OK`).
+pub fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::Okay => Some("OK".into()),
+        _ => None,
     }
 }

@@ -1,6 +1,7 @@
 //! Cluster slot routing for a cluster destination: key slots, the slot map, checkpoint
 //! hash tags per master, and the split of multi-key commands whose keys span slots.
 
+use crate::endpoint;
 use redis::Value;
 pub use redis_sync_command::cluster::key_slot;
 use redis_sync_command::cluster::{SLOTS, node_address};
@@ -58,8 +59,10 @@ impl Topology {
             ) else {
                 return Err(TopologyError::BadReply(format!("range {range:?}")));
             };
-            let (Some(host), Some(port)) = (node.first().and_then(text), node.get(1).and_then(int))
-            else {
+            let (Some(host), Some(port)) = (
+                node.first().and_then(endpoint::value_text),
+                node.get(1).and_then(int),
+            ) else {
                 return Err(TopologyError::BadReply(format!("node {node:?}")));
             };
             let host = if host.is_empty() || host == "?" {
@@ -168,15 +171,6 @@ fn int(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
         Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        _ => None,
-    }
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::VerbatimString { text, .. } => Some(text.clone()),
         _ => None,
     }
 }

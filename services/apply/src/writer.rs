@@ -320,16 +320,6 @@ async fn query(
     }
 }
 
-fn value_text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::VerbatimString { text, .. } => Some(text.clone()),
-        Value::Okay => Some("OK".into()),
-        _ => None,
-    }
-}
-
 /// One destination node this writer sends MULTIs to.
 struct Node {
     address: String,
@@ -440,7 +430,7 @@ impl Destination {
         };
         for n in &mut me.nodes {
             let info = query(&mut n.conn, &n.address, &[b"INFO", b"server"]).await?;
-            let text = value_text(&info).unwrap_or_default();
+            let text = endpoint::value_text(&info).unwrap_or_default();
             n.version = text
                 .lines()
                 .find_map(|l| l.strip_prefix("redis_version:"))
@@ -459,7 +449,7 @@ impl Destination {
                 query(&mut n.conn, &n.address, &[b"CONFIG", b"GET", b"databases"]).await
                 && let Some(d) = items
                     .get(1)
-                    .and_then(value_text)
+                    .and_then(endpoint::value_text)
                     .and_then(|t| t.parse().ok())
             {
                 me.databases = d;
@@ -477,7 +467,7 @@ impl Destination {
             // Unnamed yet, so every connection carrying the name belongs to another session.
             match query(&mut n.conn, &n.address, &[b"CLIENT", b"LIST"]).await {
                 Ok(v) => {
-                    let text = value_text(&v).unwrap_or_default();
+                    let text = endpoint::value_text(&v).unwrap_or_default();
                     for line in text.lines() {
                         let mut id = None;
                         let mut named = false;
