@@ -2,20 +2,31 @@
 # Coverage-guided fuzzing of the parsers that read untrusted input: the RESP decoder and
 # the replica handshake (shared/resp), the RDB parser and DUMP payloads (shared/rdb).
 #
-#   deploy/local/fuzz.sh [SECONDS_PER_TARGET]      (default 60)
+#   deploy/local/fuzz.sh [SECONDS_PER_TARGET]        (default 60)
+#   deploy/local/fuzz.sh --ci [SECONDS_PER_TARGET]   (default 15; what deploy/local/test.sh runs)
 #
 # Installs cargo-fuzz if missing, writes the seed corpora, builds the targets of fuzz/
 # (its own workspace, not a member of the root one), runs each for SECONDS_PER_TARGET,
 # and exits 1 if any target found a crash, timeout or out-of-memory input, printing the
 # input's path (under fuzz/artifacts/<target>/), its bytes in hex and the panic message.
-# Reproduce one with `RUSTC_BOOTSTRAP=1 cargo fuzz run <target> <path>` from the repo root,
+#
+# --ci is the short run for every CI build: no cargo-fuzz (its cold install alone costs
+# 3 min). The targets are built with plain `cargo build --release` and the RUSTFLAGS
+# cargo-fuzz 0.13 passes for `--sanitizer none` (sancov instrumentation, `--cfg fuzzing`,
+# debug assertions, one codegen unit; its src/project.rs `cargo()`), which stable rustc
+# takes without RUSTC_BOOTSTRAP, and each libFuzzer binary is run directly. The sanitizer
+# defaults to none there: the build is half as long as with ASan (1 min instead of 2 cold
+# on the shared 2-core machine) and it runs ~6x more inputs per second, at the price of
+# the per-allocation limit described below; FUZZ_SANITIZER=address --ci builds with ASan.
+# Reproduce one with `RUSTC_BOOTSTRAP=1 cargo fuzz run <target> <path>` from the repo root
+# (or, after a --ci run, `fuzz/target/ci/x86_64-unknown-linux-gnu/release/<target> <path>`),
 # shrink it with `RUSTC_BOOTSTRAP=1 cargo fuzz tmin <target> <path>`.
 #
 # Environment: FUZZ_TARGETS (space separated, default all four), FUZZ_SANITIZER (address
-# or none; default address, falling back to none if the ASan build fails),
+# or none; default address, falling back to none if the ASan build fails; none with --ci),
 # FUZZ_MALLOC_LIMIT_MB (largest single allocation allowed, default 64: inputs are a few KiB,
 # so a bigger one means a length from the input was trusted), CARGO_TARGET_DIR (default
-# fuzz/target, git-ignored; so are fuzz/corpus and fuzz/artifacts).
+# fuzz/target, fuzz/target/ci with --ci, git-ignored; so are fuzz/corpus and fuzz/artifacts).
 #
 # What works on this project's machines (stable Rust 1.95 only; no nightly can be installed):
 # - `cargo install cargo-fuzz --locked` from crates.io (0.13.2): 3 min cold on the shared
@@ -29,29 +40,69 @@
 # - libfuzzer-sys builds libFuzzer from C++ source with the machine's g++; no clang needed.
 # - A cold build of the four targets takes 3-5 min wall on the shared machine (about 2 min
 #   of CPU); a rebuild after a change in the parsers takes seconds to a minute.
-# - Cold total for CI: ~3 min install + ~3-5 min build + 4 x SECONDS_PER_TARGET + ~10 s.
+# - Cold total with cargo-fuzz: ~3 min install + ~3-5 min build + 4 x SECONDS_PER_TARGET.
+# - Cold total of --ci: ~1 min build + 4 x (SECONDS_PER_TARGET + 1 s) + a few seconds of
+#   seeds; measured on the shared 2-core machine from a fresh clone and target directory,
+#   `time deploy/local/fuzz.sh --ci 15`: 2 min 4 s (built in 56 s).
 # Everything runs under `nice -n 19`: the machine is shared.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
-secs=${1:-60}
-case $secs in '' | *[!0-9]*) echo "usage: $0 [SECONDS_PER_TARGET]" >&2; exit 2 ;; esac
+ci=false
+if [ "${1:-}" = --ci ]; then
+  ci=true
+  shift
+fi
+if $ci; then secs=${1:-15}; else secs=${1:-60}; fi
+case $secs in '' | *[!0-9]*) echo "usage: $0 [--ci] [SECONDS_PER_TARGET]" >&2; exit 2 ;; esac
 
 targets=${FUZZ_TARGETS:-resp_decoder resp_handshake rdb_parser dump_payload}
-sanitizer=${FUZZ_SANITIZER:-address}
+if $ci; then sanitizer=${FUZZ_SANITIZER:-none}; else sanitizer=${FUZZ_SANITIZER:-address}; fi
 malloc_limit=${FUZZ_MALLOC_LIMIT_MB:-64}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/fuzz/target}
+# --ci builds with other flags than cargo-fuzz: its own directory keeps either build from
+# overwriting the other.
+if $ci; then
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/fuzz/target/ci}
+else
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/fuzz/target}
+fi
 export RUSTC_BOOTSTRAP=1
+triple=x86_64-unknown-linux-gnu
 nice=(nice -n 19)
 step() { printf '\n==> %s\n' "$*"; }
 
-if ! cargo fuzz --version >/dev/null 2>&1; then
+if ! $ci && ! cargo fuzz --version >/dev/null 2>&1; then
   step "installing cargo-fuzz (cargo install cargo-fuzz --locked)"
   started=$(date +%s)
   "${nice[@]}" cargo install cargo-fuzz --version "${CARGO_FUZZ_VERSION:-0.13.2}" --locked
   echo "cargo-fuzz installed in $(( $(date +%s) - started )) s"
 fi
-cargo fuzz --version
+$ci || cargo fuzz --version
+
+# What `cargo fuzz build --sanitizer "$1"` runs (cargo-fuzz 0.13, src/project.rs), without
+# cargo-fuzz. --target keeps these flags off build scripts, as cargo-fuzz does.
+plain_build() {
+  local flags=(
+    -Cpasses=sancov-module
+    -Cllvm-args=-sanitizer-coverage-level=4
+    -Cllvm-args=-sanitizer-coverage-inline-8bit-counters
+    -Cllvm-args=-sanitizer-coverage-pc-table
+    -Cllvm-args=-sanitizer-coverage-trace-compares
+    --cfg fuzzing
+    -Cllvm-args=-simplifycfg-branch-fold-threshold=0
+  )
+  [ "$1" = none ] || flags+=("-Zsanitizer=$1")
+  flags+=(
+    -Cllvm-args=-sanitizer-coverage-stack-depth
+    -Cdebug-assertions
+    -Ccodegen-units=1
+  )
+  RUSTFLAGS="${flags[*]} ${RUSTFLAGS:-}" "${nice[@]}" cargo build --manifest-path fuzz/Cargo.toml \
+    --target "$triple" --release --locked --bins
+}
+build() {
+  if $ci; then plain_build "$1"; else "${nice[@]}" cargo fuzz build --sanitizer "$1"; fi
+}
 
 # ---------------------------------------------------------------------------------------
 step "seed corpora"
@@ -96,18 +147,25 @@ echo "rdb_parser: $n RDB fixtures from $fixtures"
 
 # ---------------------------------------------------------------------------------------
 step "building the fuzz targets (sanitizer: $sanitizer)"
+if ! command -v c++ >/dev/null 2>&1; then
+  echo "libfuzzer-sys builds libFuzzer from C++ source: install a C++ compiler (apt-get install g++)" >&2
+  exit 1
+fi
 started=$(date +%s)
-if ! "${nice[@]}" cargo fuzz build --sanitizer "$sanitizer"; then
+if ! build "$sanitizer"; then
   if [ "$sanitizer" = address ] && [ -z "${FUZZ_SANITIZER:-}" ]; then
     echo "the AddressSanitizer build failed; building with --sanitizer none" >&2
     sanitizer=none
-    "${nice[@]}" cargo fuzz build --sanitizer "$sanitizer"
+    build "$sanitizer"
   else
     exit 1
   fi
 fi
 echo "built in $(( $(date +%s) - started )) s"
-bin=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release
+bin=$CARGO_TARGET_DIR/$triple/release
+# What `cargo fuzz run` sets for ASan builds (src/project.rs), so that running the binaries
+# directly behaves the same.
+[ "$sanitizer" = none ] || export ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_odr_violation=0
 
 # dump_payload: the dump_body of every key of the RDB seeds, raw and framed, written by
 # the rdb_parser binary itself (it exports them when REDIS_SYNC_FUZZ_EXPORT_DUMPS is set).
@@ -130,9 +188,11 @@ for t in $targets; do
   before=$(ls "$artifacts")
   log=$logs/$t.log
   status=0
-  "${nice[@]}" cargo fuzz run --sanitizer "$sanitizer" "$t" "$corpus/$t" -- \
+  # The binary as `cargo fuzz run` would start it (it is built already), with the same
+  # artifact directory.
+  "${nice[@]}" "$bin/$t" -artifact_prefix="$artifacts/" \
     -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb="$malloc_limit" \
-    -print_final_stats=1 > "$log" 2>&1 || status=$?
+    -print_final_stats=1 "$corpus/$t" > "$log" 2>&1 || status=$?
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
   took=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -n 1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)

@@ -2,7 +2,8 @@
 # The project's test command (README "Quick start", step 2; CI runs it through .ci/run).
 # Installs what the tests need (idempotent, cached under ~/.cache/redis-sync), then:
 # format check, clippy -D warnings, buf lint (and buf breaking against main), the
-# deployment manifest checks, and every test of the workspace against real Redis servers.
+# deployment manifest checks, every test of the workspace against real Redis servers, and
+# a short run of the parser fuzz targets.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cache=${REDIS_SYNC_CACHE:-$HOME/.cache/redis-sync}
@@ -43,3 +44,11 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+# A short coverage-guided run of the parser fuzz targets (RESP, replica handshake, RDB,
+# DUMP) on every CI build, so a parser change that panics on hostile bytes fails here and
+# not weeks later in a long fuzzing session. No cargo-fuzz install: see the notes at the
+# top of fuzz.sh (~1-2 min cold build plus 15 s per target). Its own target directory
+# (fuzz/target/ci) keeps the instrumented build apart from the workspace's.
+step "fuzzing the parsers (${FUZZ_SECONDS:-15} s per target)"
+deploy/local/fuzz.sh --ci "${FUZZ_SECONDS:-15}"

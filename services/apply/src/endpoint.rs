@@ -7,10 +7,7 @@
 //! TLS material is read from the files the task names every time a connection is built,
 //! so a rotated certificate is picked up by the next connection without a restart.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    path::Path,
-};
+use std::net::{IpAddr, SocketAddr};
 
 use redis::{
     ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo,
@@ -88,7 +85,7 @@ fn read_pem(field: &'static str, path: &str) -> Result<Vec<u8>, EndpointError> {
         path: path.to_owned(),
         message,
     };
-    let bytes = std::fs::read(Path::new(path)).map_err(|e| err(format!("cannot read: {e}")))?;
+    let bytes = redis_sync_service::read_pem_file(path).map_err(err)?;
     if !bytes.windows(10).any(|w| w == b"-----BEGIN") {
         return Err(err("is not PEM".to_owned()));
     }
@@ -262,6 +259,17 @@ pub async fn connect_node(
     connect_with(endpoint, address, config).await
 }
 
+/// A reply as text, whichever way the server sent it (bulk, simple, verbatim or `+OK`).
+pub fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::Okay => Some("OK".into()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,16 +367,5 @@ mod tests {
             info.addr(),
             ConnectionAddr::TcpTls { host, .. } if host == "redis.internal"
         ));
-    }
-}
-
-/// A reply as text, whichever way the server sent it (bulk, simple, verbatim or `+OK`).
-pub fn value_text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::VerbatimString { text, .. } => Some(text.clone()),
-        Value::Okay => Some("OK".into()),
-        _ => None,
     }
 }

@@ -34,6 +34,11 @@ fn id(id: &str) -> Result<&str, Status> {
     Ok(id)
 }
 
+/// Most verification rounds a VerifyTask may ask for. Rounds after the first are a second
+/// apart and repeat while any key still differs, so u32::MAX rounds would hold the call,
+/// and a connection to each end, for a century.
+const MAX_VERIFY_ROUNDS: u32 = 100;
+
 /// A task ready to leave the process: passwords blanked.
 fn out(mut task: Task) -> Option<Task> {
     redact(&mut task);
@@ -151,6 +156,12 @@ impl TaskService for TaskApi {
         request: Request<VerifyTaskRequest>,
     ) -> Result<Response<VerifyTaskResponse>, Status> {
         let r = request.into_inner();
+        if r.rounds > MAX_VERIFY_ROUNDS {
+            return Err(Status::invalid_argument(format!(
+                "rounds: {} is more than {MAX_VERIFY_ROUNDS}",
+                r.rounds
+            )));
+        }
         // The stored spec, passwords included: verification reads both ends.
         let task = self.manager.get(id(&r.id)?)?;
         let spec = task.spec.unwrap_or_default();

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use redis_sync_proto::v1::{
-    ConflictMode, HeartbeatOptions, InstanceMode, RedisEndpoint, SyncType, Task, TaskSpec,
-    TaskState,
+    ConflictMode, HeartbeatOptions, InstanceMode, RedisEndpoint, RedisTls, SyncType, Task,
+    TaskSpec, TaskState,
 };
 
 use crate::endpoint;
@@ -15,6 +15,15 @@ pub const DATABASES: u32 = 16;
 
 /// Default heartbeat key prefix (DESIGN.md "Tasks").
 pub const DEFAULT_HEARTBEAT_PREFIX: &str = "DTS_REDIS_TIMESTAMP_HEARTBEAT";
+
+/// Longest address, user name, TLS server name or ingest endpoint a task may name. A host
+/// name is at most 253 bytes; anything much longer is a mistake or an attack, and would
+/// be stored, echoed in errors and resolved on every connection.
+const MAX_NAME_BYTES: usize = 1024;
+/// Longest password: cloud tokens used as passwords (Entra ID, IAM) run to a few KiB.
+const MAX_PASSWORD_BYTES: usize = 64 << 10;
+/// Longest TLS file path (Linux's PATH_MAX).
+const MAX_PATH_BYTES: usize = 4096;
 
 /// A request field that is wrong, named by its path in the request (e.g.
 /// `spec.source.address`).
@@ -152,6 +161,11 @@ pub fn validate_spec(
 
     if spec.ingest_endpoint.is_empty() {
         spec.ingest_endpoint = default_ingest.to_owned();
+    } else if spec.ingest_endpoint.len() > MAX_NAME_BYTES {
+        return Err(field_err(
+            "spec.ingest_endpoint",
+            format!("longer than {MAX_NAME_BYTES} bytes"),
+        ));
     } else if let Err(e) =
         crate::config::validate_endpoint("spec.ingest_endpoint", &spec.ingest_endpoint)
     {
@@ -175,6 +189,13 @@ fn validate_endpoint(
         }
     };
     ep.address = ep.address.trim().to_owned();
+    // Before parsing: the parse error quotes the address.
+    if ep.address.len() > MAX_NAME_BYTES {
+        return Err(field_err(
+            format!("{field}.address"),
+            format!("longer than {MAX_NAME_BYTES} bytes"),
+        ));
+    }
     match endpoint::host_port(&ep.address) {
         Ok((_, 0)) => {
             return Err(field_err(
@@ -190,6 +211,12 @@ fn validate_endpoint(
             ));
         }
     }
+    if ep.username.len() > MAX_NAME_BYTES {
+        return Err(field_err(
+            format!("{field}.username"),
+            format!("longer than {MAX_NAME_BYTES} bytes"),
+        ));
+    }
     if ep
         .username
         .chars()
@@ -200,17 +227,53 @@ fn validate_endpoint(
             "contains whitespace or control characters",
         ));
     }
-    ep.password_set = !ep.password.is_empty();
-    if let Some(tls) = &ep.tls
-        && tls.enabled
-        && tls.cert_file.is_empty() != tls.key_file.is_empty()
-    {
+    if ep.password.len() > MAX_PASSWORD_BYTES {
         return Err(field_err(
-            format!("{field}.tls"),
-            "cert_file and key_file go together",
+            format!("{field}.password"),
+            format!("longer than {MAX_PASSWORD_BYTES} bytes"),
         ));
     }
+    ep.password_set = !ep.password.is_empty();
+    if let Some(tls) = &ep.tls {
+        validate_tls(&format!("{field}.tls"), tls)?;
+    }
     Ok((mode, ep.address.clone()))
+}
+
+fn validate_tls(field: &str, tls: &RedisTls) -> Result<(), FieldError> {
+    if tls.server_name.len() > MAX_NAME_BYTES {
+        return Err(field_err(
+            format!("{field}.server_name"),
+            format!("longer than {MAX_NAME_BYTES} bytes"),
+        ));
+    }
+    for (name, path) in [
+        ("ca_file", &tls.ca_file),
+        ("cert_file", &tls.cert_file),
+        ("key_file", &tls.key_file),
+    ] {
+        if path.len() > MAX_PATH_BYTES {
+            return Err(field_err(
+                format!("{field}.{name}"),
+                format!("longer than {MAX_PATH_BYTES} bytes"),
+            ));
+        }
+        // Apply reads these files whenever it connects: refuse now what it must never
+        // read (a device, a FIFO, a huge file); a file that does not exist yet may appear.
+        if tls.enabled
+            && !path.is_empty()
+            && let Err(reason) = redis_sync_service::check_pem_file(path)
+        {
+            return Err(field_err(
+                format!("{field}.{name}"),
+                format!("{path:?} {reason}"),
+            ));
+        }
+    }
+    if tls.enabled && tls.cert_file.is_empty() != tls.key_file.is_empty() {
+        return Err(field_err(field, "cert_file and key_file go together"));
+    }
+    Ok(())
 }
 
 fn same_address(a: &str, b: &str) -> bool {
@@ -410,6 +473,26 @@ mod tests {
             (
                 Box::new(|s| s.ingest_endpoint = "ftp://x:1".into()),
                 "spec.ingest_endpoint",
+            ),
+            (
+                Box::new(|s| {
+                    s.source.as_mut().unwrap().address = format!("{}:1", "a".repeat(2000))
+                }),
+                "spec.source.address",
+            ),
+            (
+                Box::new(|s| s.source.as_mut().unwrap().password = "p".repeat(65 << 10)),
+                "spec.source.password",
+            ),
+            (
+                Box::new(|s| {
+                    s.destination.as_mut().unwrap().tls = Some(RedisTls {
+                        enabled: true,
+                        ca_file: "/dev/zero".into(),
+                        ..Default::default()
+                    })
+                }),
+                "spec.destination.tls.ca_file",
             ),
             (
                 Box::new(|s| s.destination.as_mut().unwrap().mode = InstanceMode::Cluster as i32),

@@ -495,7 +495,8 @@ impl LinkRunner {
         };
         match &asked {
             Some(p) => {
-                let next = (p.offset + 1).to_string();
+                // The offset comes from a subscriber's request: never overflow on it.
+                let next = p.offset.saturating_add(1).to_string();
                 conn.send(&[b"PSYNC".as_slice(), p.replid.as_bytes(), next.as_bytes()])
                     .await?;
             }

@@ -10,7 +10,12 @@ use redis_sync_telemetry::Metrics;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::{config::IngestConfig, probe, subscription::Registry, tls::Connector};
+use crate::{
+    config::IngestConfig,
+    probe,
+    subscription::{self, Registry},
+    tls::Connector,
+};
 
 /// The IngestService implementation.
 #[derive(Debug, Clone)]
@@ -43,9 +48,8 @@ impl IngestService for IngestApi {
             .into_inner()
             .source
             .ok_or_else(|| Status::invalid_argument("source is required"))?;
-        if source.address.is_empty() {
-            return Err(Status::invalid_argument("source.address is required"));
-        }
+        subscription::validate_address("source.address", &source.address)?;
+        subscription::check_tls_files(source.tls.as_ref())?;
         let connector = Connector::from_settings(source.tls.as_ref())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Response::new(probe::probe(&source, &connector).await))

@@ -142,9 +142,14 @@ fn invalid(msg: impl Into<String>) -> Status {
 
 /// Checks a subscriber id: it names a directory, so only a safe alphabet is allowed.
 fn validate_subscriber_id(id: &str) -> Result<(), Status> {
+    validate_dir_name("subscriber_id", id)
+}
+
+/// Checks a request's id that may become a directory name (subscriber and shard ids).
+fn validate_dir_name(field: &str, id: &str) -> Result<(), Status> {
     if id.is_empty() || id.len() > MAX_SUBSCRIBER_ID {
         return Err(invalid(format!(
-            "subscriber_id must be 1 to {MAX_SUBSCRIBER_ID} characters"
+            "{field} must be 1 to {MAX_SUBSCRIBER_ID} characters"
         )));
     }
     if id.starts_with('.')
@@ -153,8 +158,98 @@ fn validate_subscriber_id(id: &str) -> Result<(), Status> {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     {
         return Err(invalid(format!(
-            "subscriber_id {id:?} may only hold letters, digits, '-', '_' and '.' (not leading)"
+            "{field} {id:?} may only hold letters, digits, '-', '_' and '.' (not leading)"
         )));
+    }
+    Ok(())
+}
+
+/// Longest source address (a host name is at most 253 bytes).
+const MAX_ADDRESS: usize = 1024;
+/// Longest replication id: Redis and Valkey use 40 hex digits (CONFIG_RUN_ID_SIZE).
+const MAX_REPLID: usize = 40;
+/// Past the largest offset Redis can count to (a signed 64-bit integer); the link asks
+/// the source for `offset + 1`.
+const MAX_OFFSET: u64 = i64::MAX as u64;
+/// Longest heartbeat key prefix, as apply allows.
+const MAX_HEARTBEAT_PREFIX: usize = 200;
+
+/// Checks a source address: "host:port" with a real port. A link would otherwise retry an
+/// address that can never work, forever and silently.
+pub(crate) fn validate_address(field: &str, address: &str) -> Result<(), Status> {
+    if address.is_empty() {
+        return Err(invalid(format!("{field} is required")));
+    }
+    if address.len() > MAX_ADDRESS {
+        return Err(invalid(format!("{field}: longer than {MAX_ADDRESS} bytes")));
+    }
+    let port = address
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.trim_matches(['[', ']']).is_empty())
+        .and_then(|(_, port)| port.parse::<u16>().ok());
+    if port.is_none_or(|p| p == 0) {
+        return Err(invalid(format!("{field}: {address:?} is not host:port")));
+    }
+    Ok(())
+}
+
+/// Checks what a Subscribe asks for beyond its source: start positions and heartbeat.
+fn validate_subscription(req: &SubscribeRequest) -> Result<(), Status> {
+    for (i, sp) in req.start.iter().enumerate() {
+        // In a cluster a start position's shard id can name the spool directory of a
+        // shard whose history moved to another master.
+        validate_dir_name(&format!("start[{i}].shard_id"), &sp.shard_id)?;
+        let Some(p) = &sp.position else { continue };
+        if p.offset >= MAX_OFFSET {
+            return Err(invalid(format!(
+                "start[{i}].position.offset: {} is beyond any replication offset",
+                p.offset
+            )));
+        }
+        if p.replid.len() > MAX_REPLID || !p.replid.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(invalid(format!(
+                "start[{i}].position.replid: a replication id is at most {MAX_REPLID} letters and digits"
+            )));
+        }
+    }
+    if let Some(hb) = &req.heartbeat {
+        if hb.interval_ms != 0 && !(100..=60_000).contains(&hb.interval_ms) {
+            return Err(invalid(format!(
+                "heartbeat.interval_ms: {} is outside 100..=60000 (0 means {})",
+                hb.interval_ms,
+                heartbeat::DEFAULT_INTERVAL_MS
+            )));
+        }
+        if hb.key_prefix.len() > MAX_HEARTBEAT_PREFIX {
+            return Err(invalid(format!(
+                "heartbeat.key_prefix: longer than {MAX_HEARTBEAT_PREFIX} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses TLS files that must not be read on a request's word (see
+/// [`redis_sync_service::check_pem_file`]) before the connector reads them.
+pub(crate) fn check_tls_files(tls: Option<&RedisTls>) -> Result<(), Status> {
+    let Some(tls) = tls.filter(|t| t.enabled) else {
+        return Ok(());
+    };
+    for (name, path) in [
+        ("ca_file", &tls.ca_file),
+        ("cert_file", &tls.cert_file),
+        ("key_file", &tls.key_file),
+    ] {
+        if path.len() > 4096 {
+            return Err(invalid(format!(
+                "source.tls.{name}: longer than 4096 bytes"
+            )));
+        }
+        if !path.is_empty()
+            && let Err(reason) = redis_sync_service::check_pem_file(path)
+        {
+            return Err(invalid(format!("source.tls.{name}: {path:?} {reason}")));
+        }
     }
     Ok(())
 }
@@ -228,10 +323,10 @@ impl Registry {
             .source
             .clone()
             .ok_or_else(|| invalid("source is required"))?;
-        if source.address.is_empty() {
-            return Err(invalid("source.address is required"));
-        }
+        validate_address("source.address", &source.address)?;
+        validate_subscription(&req)?;
         let tls = source.tls.clone().filter(|t| t.enabled);
+        check_tls_files(tls.as_ref())?;
         let connector =
             Connector::from_settings(tls.as_ref()).map_err(|e| invalid(e.to_string()))?;
         let mode = InstanceMode::try_from(source.mode).unwrap_or(InstanceMode::Unspecified);

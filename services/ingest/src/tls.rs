@@ -12,7 +12,6 @@
 use std::{
     fmt,
     net::IpAddr,
-    path::Path,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -83,8 +82,8 @@ fn read_certs(
         path: path.to_owned(),
         message,
     };
-    let certs = CertificateDer::pem_file_iter(Path::new(path))
-        .map_err(|e| file_err(e.to_string()))?
+    let bytes = redis_sync_service::read_pem_file(path).map_err(file_err)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_err(e.to_string()))?;
     if certs.is_empty() {
@@ -155,13 +154,14 @@ impl Connector {
             (true, true) => builder.with_no_client_auth(),
             (false, false) => {
                 let certs = read_certs("cert_file", &tls.cert_file)?;
-                let key = PrivateKeyDer::from_pem_file(Path::new(&tls.key_file)).map_err(|e| {
-                    TlsConfigError::File {
-                        field: "key_file",
-                        path: tls.key_file.clone(),
-                        message: e.to_string(),
-                    }
-                })?;
+                let key_err = |message: String| TlsConfigError::File {
+                    field: "key_file",
+                    path: tls.key_file.clone(),
+                    message,
+                };
+                let pem = redis_sync_service::read_pem_file(&tls.key_file).map_err(key_err)?;
+                let key =
+                    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| key_err(e.to_string()))?;
                 describe.push(format!("client certificate {}", tls.cert_file));
                 builder
                     .with_client_auth_cert(certs, key)

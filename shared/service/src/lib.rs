@@ -143,6 +143,57 @@ pub fn read_pem(setting: &'static str, path: &std::path::Path) -> Result<Vec<u8>
     Ok(bytes)
 }
 
+/// Largest PEM file a request may name (Debian's whole CA bundle is about 220 KiB).
+pub const MAX_PEM_FILE_BYTES: u64 = 4 << 20;
+
+/// Checks a PEM file that a request names (`RedisTls.ca_file`, `cert_file`, `key_file`)
+/// before it is read: it must be a regular file of 1 byte to [`MAX_PEM_FILE_BYTES`].
+///
+/// These paths come from the network and are read on this host, so without the check a
+/// caller could name `/dev/zero` (a read that never ends and exhausts memory), a FIFO
+/// (opening it blocks a runtime thread until a writer comes: two such calls froze a
+/// service), or a procfs file (sized 0, unbounded). A path that does not exist passes:
+/// the read that follows reports it, and a task may name a file that appears later.
+pub fn check_pem_file(path: &str) -> Result<(), String> {
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot read: {e}")),
+    };
+    if !meta.is_file() {
+        return Err("is not a regular file".to_owned());
+    }
+    match meta.len() {
+        0 => Err("is empty".to_owned()),
+        n if n > MAX_PEM_FILE_BYTES => Err(format!(
+            "is {n} bytes, more than a PEM file can sensibly be ({MAX_PEM_FILE_BYTES})"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Reads a PEM file named by configuration or a request: a regular file of at most
+/// `MAX_PEM_FILE_BYTES`, checked before it is opened (a FIFO would block the open) and
+/// read through a cap (a file that grows meanwhile cannot exhaust memory).
+pub fn read_pem_file(path: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    if std::fs::metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        return Err("does not exist".to_owned());
+    }
+    check_pem_file(path)?;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_PEM_FILE_BYTES {
+        return Err(format!(
+            "grew past {MAX_PEM_FILE_BYTES} bytes while being read"
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -278,4 +329,43 @@ pub async fn spawn_metrics(
         listener, metrics, shutdown,
     ));
     Ok(Some(bound))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_files_named_by_requests_must_be_small_regular_files() {
+        assert_eq!(
+            check_pem_file("/dev/zero").unwrap_err(),
+            "is not a regular file"
+        );
+        assert!(check_pem_file("/").is_err());
+        assert!(check_pem_file("/nonexistent/ca.pem").is_ok());
+        let dir = std::env::temp_dir().join(format!("pem-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, b"").unwrap();
+        assert_eq!(
+            check_pem_file(empty.to_str().unwrap()).unwrap_err(),
+            "is empty"
+        );
+        let pem = dir.join("ca.pem");
+        std::fs::write(&pem, b"-----BEGIN CERTIFICATE-----\n").unwrap();
+        assert!(check_pem_file(pem.to_str().unwrap()).is_ok());
+        assert_eq!(
+            read_pem_file(pem.to_str().unwrap()).unwrap(),
+            b"-----BEGIN CERTIFICATE-----\n"
+        );
+        assert_eq!(
+            read_pem_file("/dev/zero").unwrap_err(),
+            "is not a regular file"
+        );
+        assert_eq!(
+            read_pem_file("/nonexistent/ca.pem").unwrap_err(),
+            "does not exist"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
