@@ -10,9 +10,10 @@ pub mod sync;
 pub mod workload;
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -65,8 +66,25 @@ pub fn binary(name: &str) -> Result<PathBuf, E2eError> {
     }
 }
 
-/// A free loopback port (bound and released; the service binds it right after).
+/// A loopback port that is free when probed; the service binds it right after.
+///
+/// Ports come from below the kernel's ephemeral range (32768 and up), not from binding
+/// port 0: a port the kernel hands out can be handed out again between the probe and the
+/// service's bind (to another test's Redis server, or as the local port of any outgoing
+/// connection), while nothing else picks ports here. Each test process walks its own
+/// sequence from an offset derived from its pid, so parallel processes rarely meet.
 pub fn free_addr() -> SocketAddr {
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (base + n) % SPAN).expect("below 32000");
+        if let Ok(l) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+            return l.local_addr().expect("local addr");
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("loopback bind");
     l.local_addr().expect("local addr")
 }
