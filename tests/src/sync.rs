@@ -112,7 +112,9 @@ pub async fn wait_state(
 }
 
 /// Runs VerifyTask until it reports no difference (writes in flight converge), or
-/// returns the last report after `timeout`.
+/// returns the last report after `timeout`. A VerifyTask that fails is tried again, as an
+/// operator would (each failure is printed); one still failing at `timeout` panics with
+/// its status.
 pub async fn verify_until_equal(
     client: &mut TaskServiceClient<Channel>,
     id: &str,
@@ -120,16 +122,23 @@ pub async fn verify_until_equal(
 ) -> VerifyTaskResponse {
     let deadline = Instant::now() + timeout;
     loop {
-        let report = client
+        let answer = client
             .verify_task(VerifyTaskRequest {
                 id: id.to_owned(),
                 ..Default::default()
             })
-            .await
-            .expect("VerifyTask")
-            .into_inner();
-        if report.differences == 0 || Instant::now() >= deadline {
-            return report;
+            .await;
+        match answer {
+            Ok(report) => {
+                let report = report.into_inner();
+                if report.differences == 0 || Instant::now() >= deadline {
+                    return report;
+                }
+            }
+            Err(status) => {
+                assert!(Instant::now() < deadline, "VerifyTask: {status:?}");
+                eprintln!("VerifyTask failed, trying again: {status:?}");
+            }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

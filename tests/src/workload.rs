@@ -26,8 +26,8 @@
 //! Where Redis versions disagree on what a replicated command does (so that a newer
 //! destination, or a native replica of a newer version, ends up different), the generator
 //! avoids exactly that case and says why at the place it does: INCRBYFLOAT on keys with a
-//! TTL before 6.0, PFMERGE of sparse HyperLogLogs before 4.0, MOVE of keys with a TTL
-//! before 3.2, and UNLINK of streams on 6.0.9, which crashes the server itself.
+//! TTL before 6.0, PFMERGE of sparse HyperLogLogs before 4.0, and UNLINK of streams on
+//! 6.0.9, which crashes the server itself.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -1681,19 +1681,15 @@ impl Workload {
         self.command(t, "COPY DB", db, tag, args);
     }
 
-    /// Before 3.2, MOVE drops the key's TTL (redis/redis#2765); from 3.2 on it keeps it.
-    /// Those masters replicate MOVE as is, so a newer destination keeps a TTL the source
-    /// dropped. The sync does not compensate yet (it would need the source's version after
-    /// a restart too), so on those sources MOVE only takes keys without a TTL.
+    /// Before 3.2, MOVE drops the key's TTL (redis/redis#2765) and is replicated as is; a
+    /// newer destination keeps the TTL unless the sync compensates, so keys with a TTL are
+    /// moved too.
     fn move_key(&mut self, t: &mut Target<'_>) {
         let (db, tag) = self.place();
         let fam = self.any_fam();
         let k = self.key(tag, fam);
         if self.rng.chance(70) {
             self.ensure(t, db, tag, fam, &k);
-        }
-        if self.version < V3_2 {
-            self.command(t, "PERSIST", db, tag, cmd!["PERSIST", k.clone()]);
         }
         let to = self.other_db(db).to_string();
         self.command(t, "MOVE", db, tag, cmd!["MOVE", k, to]);

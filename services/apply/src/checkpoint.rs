@@ -10,8 +10,9 @@
 //! The value is a short text line so an operator can read it with `HGETALL`:
 //! `1|<seq>|<offset>|<db>|<in_snapshot>|<snapshot_records>|<rdb_version>|<flags>|<replid>`.
 //! `seq` counts commits of the shard (so the oldest of several per-master checkpoints is
-//! known even across histories), `rdb_version` lets a restart in the middle of a full
-//! copy frame DUMP bodies without the `SnapshotBegin` it already applied, and `flags`
+//! known even across histories), `rdb_version` (of the last full copy, kept while
+//! streaming) lets a restart in the middle of a full copy frame DUMP bodies without the
+//! `SnapshotBegin` it already applied and tells the source's version after one, and `flags`
 //! remembers that the full copy in progress replaces data of an earlier history.
 
 use std::cmp::Ordering;

@@ -758,11 +758,12 @@ impl ShardWriter {
             .cloned();
         let seq = latest.as_ref().map_or(0, |c| c.seq);
         let current = latest.as_ref().map(|c| c.position.clone());
+        // The RDB version of the last full copy tells the source's version, which some
+        // commands need (MOVE before 3.2), so checkpoints keep it after the copy too.
         let snapshot = latest
-            .filter(|c| c.position.in_snapshot)
             .map(|c| SnapshotState {
                 rdb_version: c.rdb_version,
-                resnapshot: c.resnapshot,
+                resnapshot: c.position.in_snapshot && c.resnapshot,
             })
             .unwrap_or_default();
         let labels = [
@@ -1288,12 +1289,25 @@ impl ShardWriter {
                         lossy(&key)
                     ))),
                     (Some(f), Some(t)) if f == t => Ok(Vec::new()),
-                    (Some(f), Some(t)) => Ok(vec![op(
-                        vec![b"MOVE".to_vec(), key.clone(), t.to_string().into_bytes()],
-                        Some(f),
-                        slot,
-                        key,
-                    )]),
+                    (Some(f), Some(t)) => {
+                        let mut ops = vec![op(
+                            vec![b"MOVE".to_vec(), key.clone(), t.to_string().into_bytes()],
+                            Some(f),
+                            slot,
+                            key.clone(),
+                        )];
+                        // Masters before 3.2 (RDB 6 and older) drop the key's TTL on MOVE and
+                        // replicate the MOVE as is; newer destinations keep the TTL.
+                        if (1..=6).contains(&self.snapshot.rdb_version) {
+                            ops.push(op(
+                                vec![b"PERSIST".to_vec(), key.clone()],
+                                Some(t),
+                                slot,
+                                key,
+                            ));
+                        }
+                        Ok(ops)
+                    }
                 }
             }
             "copy" => self.copy(c, full),
@@ -1522,7 +1536,7 @@ impl ShardWriter {
         let snap = events.last().map_or(self.snapshot, |e| e.snapshot);
         let ckpt = Checkpoint {
             seq,
-            rdb_version: if end.in_snapshot { snap.rdb_version } else { 0 },
+            rdb_version: snap.rdb_version,
             resnapshot: end.in_snapshot && snap.resnapshot,
             position: end.clone(),
         };
