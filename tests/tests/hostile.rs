@@ -167,9 +167,10 @@ async fn serving(svc: &ServiceProcess) -> bool {
     )
 }
 
-/// Starts a service with `make` and waits until it is healthy. The harness picks ports by
-/// binding and releasing them, so a test running in parallel may take one first; the
-/// service then exits at once with "Address already in use" and is started again.
+/// Starts a service with `make` and waits until it is healthy. The harness probes its
+/// ports free just before the service binds them; should a parallel test take one in
+/// between anyway, the service exits at once with "Address already in use" and is
+/// started again.
 async fn started(make: impl Fn() -> ServiceProcess) -> ServiceProcess {
     for _ in 0..3 {
         let mut svc = make();
