@@ -10,6 +10,18 @@ use redis_sync_proto::v1::{
 };
 use tonic::transport::Channel;
 
+use crate::ServiceProcess;
+
+/// Ingest and apply as processes with default settings, apply pointed at ingest, both
+/// healthy.
+pub async fn start_services() -> (ServiceProcess, ServiceProcess) {
+    let ingest = ServiceProcess::ingest(&[]).expect("ingest");
+    let apply = ServiceProcess::apply(&ingest.endpoint(), &[]).expect("apply");
+    ingest.wait_healthy().await.expect("ingest healthy");
+    apply.wait_healthy().await.expect("apply healthy");
+    (ingest, apply)
+}
+
 /// A TaskService client connected to an apply process.
 pub async fn task_client(endpoint: String) -> TaskServiceClient<Channel> {
     TaskServiceClient::connect(endpoint)

@@ -4,12 +4,9 @@
 
 use std::time::Duration;
 
-use redis_sync_e2e::{
-    ServiceProcess,
-    sync::{
-        cluster, create_and_start, spec, standalone, stop, task_client, verify_until_equal,
-        wait_state,
-    },
+use redis_sync_e2e::sync::{
+    cluster, create_and_start, spec, standalone, start_services, stop, task_client,
+    verify_until_equal, wait_state,
 };
 use redis_sync_proto::v1::TaskState;
 use redis_sync_testkit::{RedisCluster, RedisServer, RedisVersion};
@@ -74,17 +71,9 @@ fn workload(t: &dyn Target, tag: &str) {
     t.write(&["SREM", &format!("{tag}:set"), "y"]);
 }
 
-async fn services() -> (ServiceProcess, ServiceProcess) {
-    let ingest = ServiceProcess::ingest(&[]).expect("ingest");
-    let apply = ServiceProcess::apply(&ingest.endpoint(), &[]).expect("apply");
-    ingest.wait_healthy().await.expect("ingest healthy");
-    apply.wait_healthy().await.expect("apply healthy");
-    (ingest, apply)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_to_one_from_every_source_version() {
-    let (_ingest, apply) = services().await;
+    let (_ingest, apply) = start_services().await;
     let mut client = task_client(apply.endpoint()).await;
     for version in RedisVersion::ALL {
         // Into 7.0 (newer) and, for every version, into the same version.
@@ -122,7 +111,7 @@ async fn one_to_one_from_every_source_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_source_to_two_destinations() {
-    let (_ingest, apply) = services().await;
+    let (_ingest, apply) = start_services().await;
     let mut client = task_client(apply.endpoint()).await;
     let source = RedisServer::start(RedisVersion::V7_0).unwrap();
     let (d1, d2) = (
@@ -152,7 +141,7 @@ async fn one_source_to_two_destinations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cascade_a_to_b_to_c() {
-    let (_ingest, apply) = services().await;
+    let (_ingest, apply) = start_services().await;
     let mut client = task_client(apply.endpoint()).await;
     let a = RedisServer::start(RedisVersion::V6_2).unwrap();
     let b = RedisServer::start(RedisVersion::V7_0).unwrap();
@@ -182,7 +171,7 @@ async fn cascade_a_to_b_to_c() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_to_cluster_and_standalone_to_cluster() {
-    let (_ingest, apply) = services().await;
+    let (_ingest, apply) = start_services().await;
     let mut client = task_client(apply.endpoint()).await;
     let source = RedisCluster::start(RedisVersion::V7_0, 3, 0).unwrap();
     let destination = RedisCluster::start(RedisVersion::V7_0, 3, 0).unwrap();
@@ -223,7 +212,7 @@ async fn cluster_to_cluster_and_standalone_to_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_is_not_a_difference_and_does_not_outlive_the_task() {
-    let (_ingest, apply) = services().await;
+    let (_ingest, apply) = start_services().await;
     let mut client = task_client(apply.endpoint()).await;
     let source = RedisServer::start(RedisVersion::V7_0).unwrap();
     let destination = RedisServer::start(RedisVersion::V7_0).unwrap();
@@ -280,7 +269,7 @@ async fn heartbeat_is_not_a_difference_and_does_not_outlive_the_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_to_standalone() {
-    let (_ingest, apply) = services().await;
+    let (_ingest, apply) = start_services().await;
     let mut client = task_client(apply.endpoint()).await;
     let source = RedisCluster::start(RedisVersion::V7_0, 3, 0).unwrap();
     let destination = RedisServer::start(RedisVersion::V7_0).unwrap();

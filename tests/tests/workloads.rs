@@ -16,10 +16,9 @@
 use std::time::{Duration, Instant};
 
 use redis_sync_e2e::{
-    ServiceProcess,
     sync::{
-        cluster, create_and_start, get, spec, standalone, stop, task_client, verify_until_equal,
-        wait_state,
+        cluster, create_and_start, get, spec, standalone, start_services, stop, task_client,
+        verify_until_equal, wait_state,
     },
     workload::{SEED_ENV, Shape, Target, Workload, seed_from_env},
 };
@@ -32,14 +31,6 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 const OPS: usize = 2_500;
 /// Databases a standalone workload writes to (not only 0, and not contiguous).
 const DBS: [u32; 3] = [0, 1, 3];
-
-async fn services() -> (ServiceProcess, ServiceProcess) {
-    let ingest = ServiceProcess::ingest(&[]).expect("ingest");
-    let apply = ServiceProcess::apply(&ingest.endpoint(), &[]).expect("apply");
-    ingest.wait_healthy().await.expect("ingest healthy");
-    apply.wait_healthy().await.expect("apply healthy");
-    (ingest, apply)
-}
 
 /// The report, and for each listed difference the workload's operations on that key.
 fn explain(report: &VerifyTaskResponse, workload: &Workload) -> String {
@@ -105,7 +96,7 @@ fn assert_covered(workload: &Workload, what: &str) {
 /// Standalone `version` into a fresh standalone `dest_version`, all databases.
 async fn standalone_pair(version: RedisVersion, dest_version: RedisVersion, seed: u64) {
     let started = Instant::now();
-    let (_ingest, apply) = services().await;
+    let (_ingest, apply) = start_services().await;
     let mut client = task_client(apply.endpoint()).await;
     let source = RedisServer::start(version).expect("source");
     let destination = RedisServer::start(dest_version).expect("destination");
@@ -199,7 +190,7 @@ mod every_source_version_under_a_random_workload {
 async fn cluster_to_cluster_under_a_random_workload() {
     let seed = seed_from_env();
     eprintln!("workload seed {seed} ({SEED_ENV}={seed} replays it)");
-    let (_ingest, apply) = services().await;
+    let (_ingest, apply) = start_services().await;
     let mut client = task_client(apply.endpoint()).await;
     let source = RedisCluster::start(RedisVersion::V7_0, 3, 0).expect("source cluster");
     let destination = RedisCluster::start(RedisVersion::V7_0, 3, 0).expect("destination cluster");
@@ -232,7 +223,7 @@ async fn cluster_to_cluster_under_a_random_workload() {
 async fn standalone_to_cluster_with_db_mapping_under_a_random_workload() {
     let seed = seed_from_env();
     eprintln!("workload seed {seed} ({SEED_ENV}={seed} replays it)");
-    let (_ingest, apply) = services().await;
+    let (_ingest, apply) = start_services().await;
     let mut client = task_client(apply.endpoint()).await;
     let source = RedisServer::start(RedisVersion::V7_0).expect("source");
     let destination = RedisCluster::start(RedisVersion::V7_0, 3, 0).expect("destination cluster");
