@@ -316,19 +316,68 @@ pub async fn serve(
     }
 }
 
-/// Binds the metrics listener when configured and serves `/metrics` until `shutdown`.
-pub async fn spawn_metrics(
-    addr: Option<SocketAddr>,
-    metrics: redis_sync_telemetry::Metrics,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<Option<SocketAddr>> {
-    let Some(addr) = addr else { return Ok(None) };
-    let listener = TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    tokio::spawn(redis_sync_telemetry::serve_metrics(
-        listener, metrics, shutdown,
-    ));
-    Ok(Some(bound))
+/// A listener a service could not bind at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// The gRPC listener (`--listen`).
+    #[error("binding gRPC listener {addr}: {source}")]
+    Grpc {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics listener (`--metrics-listen`).
+    #[error("binding the metrics listener {addr}: {source}")]
+    Metrics {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Brings up what every service binary has around its gRPC server: binds the gRPC
+/// listener, serves `/metrics` when configured, and logs where `service` listens. Returns
+/// the listener and the shutdown future to run the server until: it completes on SIGTERM
+/// or SIGINT and stops the metrics endpoint with it (which also stops when the future is
+/// dropped, as when the server ends on an error).
+pub async fn listen(
+    service: &str,
+    common: &CommonConfig,
+    metrics: &redis_sync_telemetry::Metrics,
+) -> Result<(TcpListener, impl Future<Output = ()> + Send + 'static), ListenError> {
+    let grpc_err = |source| ListenError::Grpc {
+        addr: common.listen,
+        source,
+    };
+    let listener = TcpListener::bind(common.listen).await.map_err(grpc_err)?;
+    let grpc = listener.local_addr().map_err(grpc_err)?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_addr = match common.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let metrics_err = |source| ListenError::Metrics { addr, source };
+            let metrics_listener = TcpListener::bind(addr).await.map_err(metrics_err)?;
+            let bound = metrics_listener.local_addr().map_err(metrics_err)?;
+            tokio::spawn(redis_sync_telemetry::serve_metrics(
+                metrics_listener,
+                metrics.clone(),
+                async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                },
+            ));
+            Some(bound)
+        }
+    };
+    tracing::info!(%grpc, metrics = ?metrics_addr, "{service} listening");
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    };
+    Ok((listener, shutdown))
 }
 
 #[cfg(test)]
